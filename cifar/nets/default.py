@@ -1,0 +1,102 @@
+"""The project's own net family, ``c4net``: C1C2C3C4 stages of residual blocks, GAP, linear classifier.
+
+No max-pooling: stages downsample with strided transitions. Depthwise-separable convs keep the wide
+stages cheap; dilation in C3 and C4 grows the receptive field without more downsampling of a 32×32 image.
+Width, depth, stride, dilation and conv kind are per-stage fields of :class:`StageSpec`, so the accuracy
+work can vary them without new code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cifar.nets.layers import CifarNet, ClassifierHead, DepthwiseSeparableConv, same_padding
+from cifar.nets.registry import register_net
+
+DEFAULT_NET = "c4net"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage: a transition conv to ``width`` channels at ``stride``, then ``depth`` residual blocks."""
+
+    width: int
+    depth: int
+    stride: int = 1
+    dilation: int = 1
+    separable: bool = True
+
+
+def _conv(in_channels: int, out_channels: int, stride: int, dilation: int, separable: bool) -> nn.Module:
+    if separable:
+        return DepthwiseSeparableConv(in_channels, out_channels, 3, stride, dilation)
+    return nn.Conv2d(in_channels, out_channels, 3, stride, same_padding(3, dilation), dilation, bias=False)
+
+
+class ConvUnit(nn.Sequential):
+    """3×3 conv (plain or depthwise-separable), BatchNorm, optional ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1,
+                 separable: bool = True, activate: bool = True) -> None:
+        layers = [_conv(in_channels, out_channels, stride, dilation, separable), nn.BatchNorm2d(out_channels)]
+        if activate:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class ResidualBlock(nn.Module):
+    """``relu(x + unit(unit(x)))``: two 3×3 units with an identity shortcut, as in ResNet."""
+
+    def __init__(self, channels: int, dilation: int, separable: bool) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            ConvUnit(channels, channels, 1, dilation, separable),
+            ConvUnit(channels, channels, 1, dilation, separable, activate=False),
+        )
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.body(x))
+
+
+def c4_features(stages: tuple[StageSpec, ...], in_channels: int = 3) -> nn.Sequential:
+    """The convolutional trunk: per stage, a transition unit then residual blocks."""
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for stage in stages:
+        # The first stage's transition sees the 3 RGB channels: a separable conv there is all but useless.
+        separable = stage.separable and channels != in_channels
+        blocks = [ConvUnit(channels, stage.width, stage.stride, stage.dilation, separable)]
+        blocks += [ResidualBlock(stage.width, stage.dilation, stage.separable) for _ in range(stage.depth)]
+        layers.append(nn.Sequential(*blocks))
+        channels = stage.width
+    return nn.Sequential(*layers)
+
+
+def c4net_from_stages(stages: tuple[StageSpec, ...], num_classes: int = 10, dropout: float = 0.0) -> CifarNet:
+    """A ``c4net`` with the given stages."""
+    return CifarNet(c4_features(stages), ClassifierHead(stages[-1].width, num_classes, dropout))
+
+
+C4NET_STAGES = (
+    StageSpec(width=32, depth=1, stride=1, dilation=1, separable=False),
+    StageSpec(width=64, depth=1, stride=2, dilation=1),
+    StageSpec(width=128, depth=1, stride=2, dilation=2),
+    StageSpec(width=160, depth=1, stride=1, dilation=4),
+)
+
+
+@register_net(DEFAULT_NET)
+def c4net(num_classes: int = 10) -> CifarNet:
+    """Default: residual C1C2C3C4, separable C2-C4, dilation 2/4 in C3/C4, GAP + linear."""
+    return c4net_from_stages(C4NET_STAGES, num_classes)
+
+
+@register_net("c4net_tiny")
+def c4net_tiny(num_classes: int = 10) -> CifarNet:
+    """c4net's layout at 1/8 of the width, for fast CPU tests."""
+    stages = tuple(StageSpec(max(4, s.width // 8), s.depth, s.stride, s.dilation, s.separable) for s in C4NET_STAGES)
+    return c4net_from_stages(stages, num_classes)

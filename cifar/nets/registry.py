@@ -1,0 +1,43 @@
+"""Net registry: every net is built by name, as in timm."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+NetFactory = Callable[..., nn.Module]
+
+_REGISTRY: dict[str, NetFactory] = {}
+
+
+def register_net(name: str) -> Callable[[NetFactory], NetFactory]:
+    """Decorator that registers ``factory(num_classes=...) -> nn.Module`` under ``name``."""
+
+    def decorator(factory: NetFactory) -> NetFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"net {name!r} is already registered (by {_REGISTRY[name].__module__})")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def list_nets() -> list[str]:
+    """Names of all registered nets, sorted."""
+    return sorted(_REGISTRY)
+
+
+def build_net(name: str, num_classes: int = 10) -> nn.Module:
+    """Build the registered net ``name`` with a fresh initialisation."""
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown net {name!r}; valid names: {', '.join(list_nets())}") from None
+    return factory(num_classes=num_classes)
+
+
+def net_description(name: str) -> str:
+    """First line of the net factory's docstring."""
+    doc = (_REGISTRY[name].__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
