@@ -1,0 +1,53 @@
+"""Optimizers by name, with weight decay only on the weights it regularizes.
+
+Norm-layer scales and shifts and all biases (every parameter with ``ndim <= 1``) get no weight decay:
+they set a layer's scale and offset rather than its capacity, and decaying a BatchNorm scale only shrinks
+what the next BatchNorm renormalizes. Conv and linear weights get the given decay.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two param groups: parameters with ``ndim > 1`` at ``weight_decay``, the rest at 0.
+
+    Every parameter appears once (``parameters()`` drops shared ones); an empty group is left out.
+    """
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be >= 0; got {weight_decay!r}")
+    params = list(model.parameters())
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9,
+                    nesterov: bool = False, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+    """Optimizer ``name`` (one of :data:`OPTIMIZERS`) over :func:`param_groups`.
+
+    ``momentum`` and ``nesterov`` apply to sgd, ``betas`` to adamw. ``lr`` is also the peak of any schedule
+    (see :mod:`cifar.schedulers`), which may cycle momentum or beta1 as well.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0; got {lr!r}")
+    groups = param_groups(model, weight_decay)
+    if name == "sgd":
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1); got {momentum!r}")
+        if nesterov and momentum == 0:
+            raise ValueError(f"nesterov needs momentum > 0; got momentum {momentum!r}")
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+    if len(betas) != 2 or not all(0 <= beta < 1 for beta in betas):
+        raise ValueError(f"betas must be two values in [0, 1); got {betas!r}")
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))

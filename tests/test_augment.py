@@ -1,0 +1,239 @@
+"""Augmentation presets, the pipelines they build, and reproducible per-sample randomness."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from cifar.augment import (
+    AUGMENT_PRESETS,
+    AugmentedDataset,
+    AugmentSettings,
+    EpochSampler,
+    PlainDataset,
+    augment_settings,
+    build_test_transform,
+    build_train_transform,
+    epoch_permutation,
+)
+
+MEAN = (0.49, 0.48, 0.45)
+STD = (0.25, 0.24, 0.26)
+SEED_PRESETS = [f"seed00{i}" for i in range(5)]
+# Every step off: tests switch on the one they look at.
+NOTHING = AugmentSettings(hflip_p=0.0, affine_p=0.0, cutout_p=0.0)
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.random.default_rng(0).integers(1, 256, (48, 32, 32, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def labels(images: np.ndarray) -> np.ndarray:
+    return np.arange(len(images), dtype=np.int64) % 10
+
+
+def pixels(tensor: torch.Tensor, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> np.ndarray:
+    """A normalized CHW tensor back in uint8 HWC pixel units."""
+    image = tensor.numpy().transpose(1, 2, 0) * np.array(std) + np.array(mean)
+    return np.rint(image * 255).astype(np.int64)
+
+
+def step_names(augment: str | AugmentSettings) -> list[str]:
+    return [type(step).__name__ for step in build_train_transform(augment, MEAN, STD).transforms]
+
+
+# ---------------------------------------------------------------- presets and settings
+
+
+def test_presets_are_named_like_the_nets() -> None:
+    assert set(AUGMENT_PRESETS) == {"default", "none", *SEED_PRESETS}
+
+
+def test_presets_build_the_seeds_pipelines_without_warnings() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # deprecated albumentations APIs or arguments warn
+        for name in AUGMENT_PRESETS:
+            build_train_transform(name, MEAN, STD)
+        build_test_transform(MEAN, STD)
+    three = ["HorizontalFlip", "Affine", "CoarseDropout", "Normalize"]
+    for name in ("default", "seed000", "seed001", "seed002", "seed004"):
+        assert step_names(name) == three, name
+    assert step_names("none") == ["Normalize"]
+    assert step_names("seed003") == [
+        "PadIfNeeded", "RandomCrop", "HorizontalFlip", "Affine",
+        "RandomBrightnessContrast", "HueSaturationValue", "CoarseDropout", "Normalize",
+    ]  # fmt: skip
+    seed002 = build_train_transform("seed002", MEAN, STD).transforms
+    assert [step.p for step in seed002] == [0.5, 0.7, 0.5, 1.0]
+    seed003 = build_train_transform("seed003", MEAN, STD).transforms
+    assert (seed003[0].min_height, seed003[0].min_width) == (36, 36)
+    assert seed003[3].rotate == (-15, 15)
+    assert [step.p for step in seed003[4:6]] == [0.5, 0.5]
+
+
+def test_unknown_preset_lists_the_choices() -> None:
+    with pytest.raises(ValueError, match="unknown augment preset 'seed009': choose one of default, none, seed000"):
+        augment_settings("seed009")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("hflip_p", 1.5, r"hflip_p=1.5 is out of range: expected a probability in \[0, 1\]"),
+        ("cutout_size", 0, "cutout_size=0 is out of range"),
+        ("pad", 2.5, "pad=2.5 is not an integer"),
+        ("border", "wrap", r"border='wrap' is not one of \['constant', 'reflect'\]"),
+    ],
+)
+def test_bad_settings_are_refused(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        AugmentSettings(**{field: value})  # type: ignore[arg-type]
+
+
+def test_bad_statistics_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"mean and std must be 3 per-channel values in \[0, 1\] units"):
+        build_test_transform((125.3, 123.0, 113.9), STD)
+
+
+# ---------------------------------------------------------------- output
+
+
+def test_items_are_normalized_float32_chw(images: np.ndarray, labels: np.ndarray) -> None:
+    expected = (images[5] / 255.0 - np.array(MEAN)) / np.array(STD)
+    train = AugmentedDataset(images, labels, build_train_transform("none", MEAN, STD), seed=0)
+    test = PlainDataset(images, labels, build_test_transform(MEAN, STD))
+    for tensor, label in (train[(3, 5)], test[5]):
+        assert tensor.dtype == torch.float32 and tensor.shape == (3, 32, 32) and tensor.is_contiguous()
+        assert label == 5 and isinstance(label, int)
+        np.testing.assert_allclose(tensor.numpy(), expected.transpose(2, 0, 1), atol=1e-5)
+
+
+def test_an_index_instead_of_a_key_is_refused_with_the_fix(images: np.ndarray, labels: np.ndarray) -> None:
+    dataset = AugmentedDataset(images, labels, build_train_transform("default", MEAN, STD), seed=0)
+    with pytest.raises(TypeError, match=r"keyed by \(epoch, index\), got 3: .*EpochSampler"):
+        dataset[3]
+
+
+def test_augmenting_leaves_the_source_images_alone(images: np.ndarray, labels: np.ndarray) -> None:
+    before = images.copy()
+    settings = dataclasses.replace(AUGMENT_PRESETS["seed003"], hflip_p=1.0, affine_p=1.0, color_p=1.0, cutout_p=1.0)
+    dataset = AugmentedDataset(images, labels, build_train_transform(settings, MEAN, STD), seed=0)
+    for index in range(len(images)):
+        dataset[(0, index)]
+    np.testing.assert_array_equal(images, before)
+
+
+# ---------------------------------------------------------------- reproducibility
+
+
+def run_epochs(
+    dataset: AugmentedDataset, sampler: EpochSampler, epochs: list[int], **loader: object
+) -> list[torch.Tensor]:
+    batches = DataLoader(dataset, sampler=sampler, **loader)  # type: ignore[arg-type]
+    out = []
+    for epoch in epochs:
+        sampler.set_epoch(epoch)
+        out.append(torch.cat([x for x, _ in batches]))
+    return out
+
+
+def test_a_sample_is_the_same_whatever_the_workers_and_batch_size(images: np.ndarray, labels: np.ndarray) -> None:
+    dataset = AugmentedDataset(images, labels, build_train_transform("seed003", MEAN, STD), seed=11)
+    serial = run_epochs(dataset, EpochSampler(len(images), seed=11), [0, 1], batch_size=5, num_workers=0)
+    parallel = run_epochs(
+        dataset, EpochSampler(len(images), seed=11), [0, 1], batch_size=8, num_workers=2, persistent_workers=True
+    )
+    for epoch in (0, 1):
+        torch.testing.assert_close(parallel[epoch], serial[epoch], rtol=0, atol=0)
+        # And the same as asking for the keys one by one, in the epoch's order.
+        order = epoch_permutation(11, epoch, len(images))
+        direct = torch.stack([dataset[(epoch, int(index))][0] for index in order])
+        torch.testing.assert_close(direct, serial[epoch], rtol=0, atol=0)
+    assert not torch.equal(serial[0], serial[1])
+
+
+def test_same_key_repeats_other_epoch_and_seed_differ(images: np.ndarray, labels: np.ndarray) -> None:
+    transform = build_train_transform("default", MEAN, STD)
+    dataset = AugmentedDataset(images, labels, transform, seed=3)
+    other_seed = AugmentedDataset(images, labels, transform, seed=4)
+    for index in range(len(images)):
+        torch.testing.assert_close(dataset[(2, index)][0], dataset[(2, index)][0], rtol=0, atol=0)
+    differ_epoch = sum(not torch.equal(dataset[(2, i)][0], dataset[(3, i)][0]) for i in range(len(images)))
+    differ_seed = sum(not torch.equal(dataset[(2, i)][0], other_seed[(2, i)][0]) for i in range(len(images)))
+    # Each of flip, affine, cutout fires with p=0.5: both draws leave an image untouched 1/64 of the time.
+    assert differ_epoch >= len(images) - 4 and differ_seed >= len(images) - 4
+
+
+def test_a_pickled_copy_gives_the_same_samples(images: np.ndarray, labels: np.ndarray) -> None:
+    # What spawn- and forkserver-started DataLoader workers receive.
+    dataset = AugmentedDataset(images, labels, build_train_transform("seed003", MEAN, STD), seed=2)
+    copy = pickle.loads(pickle.dumps(dataset))
+    for index in range(8):
+        torch.testing.assert_close(copy[(1, index)][0], dataset[(1, index)][0], rtol=0, atol=0)
+
+
+def test_epoch_permutation_is_a_pure_function() -> None:
+    order = epoch_permutation(5, 2, 1000)
+    assert sorted(order.tolist()) == list(range(1000))
+    np.testing.assert_array_equal(epoch_permutation(5, 2, 1000), order)
+    assert not np.array_equal(epoch_permutation(5, 3, 1000), order)
+    assert not np.array_equal(epoch_permutation(6, 2, 1000), order)
+    sampler = EpochSampler(1000, seed=5, epoch=2)
+    assert list(sampler) == [(2, int(index)) for index in order] and len(sampler) == 1000
+
+
+# ---------------------------------------------------------------- what the steps do
+
+
+@pytest.mark.parametrize("preset", ["default", *SEED_PRESETS])
+def test_cutout_is_one_16x16_hole_in_the_mean_colour(preset: str) -> None:
+    constant = np.full((40, 32, 32, 3), (200, 30, 90), np.uint8)
+    settings = dataclasses.replace(AUGMENT_PRESETS[preset], pad=0, hflip_p=0.0, affine_p=0.0, color_p=0.0, cutout_p=1.0)
+    dataset = AugmentedDataset(constant, np.zeros(40, np.int64), build_train_transform(settings, MEAN, STD), seed=1)
+    corners = set()
+    for index in range(len(constant)):
+        image = pixels(dataset[(0, index)][0])
+        hole = (image != (200, 30, 90)).any(axis=-1)
+        rows, cols = np.flatnonzero(hole.any(axis=1)), np.flatnonzero(hole.any(axis=0))
+        assert hole.sum() == 16 * 16 and len(rows) == 16 and len(cols) == 16
+        assert (image[hole] == np.rint(np.array(MEAN) * 255)).all()
+        corners.add((rows[0], cols[0]))
+    assert len(corners) > 20  # the hole moves
+
+
+def test_flip_and_affine_fire_with_their_probabilities(images: np.ndarray) -> None:
+    n = 2000
+    image = images[:1].repeat(n, axis=0)
+    flip_only = dataclasses.replace(NOTHING, hflip_p=0.3)
+    flip = AugmentedDataset(image, np.zeros(n, np.int64), build_train_transform(flip_only, MEAN, STD), seed=0)
+    flipped = sum(np.array_equal(pixels(flip[(0, i)][0]), image[0, :, ::-1]) for i in range(n))
+    assert abs(flipped / n - 0.3) < 0.04
+    seed002 = dataclasses.replace(AUGMENT_PRESETS["seed002"], hflip_p=0.0, cutout_p=0.0)
+    affine = AugmentedDataset(image, np.zeros(n, np.int64), build_train_transform(seed002, MEAN, STD), seed=0)
+    moved = sum(not np.array_equal(pixels(affine[(0, i)][0]), image[0]) for i in range(n))
+    assert abs(moved / n - 0.7) < 0.04
+
+
+def test_steps_draw_independent_numbers(images: np.ndarray) -> None:
+    # Seeding every step alike (Compose.set_random_seed) makes their coin flips equal: flip and cutout would
+    # always come together. They must be independent: both in about a quarter of the samples.
+    n = 2000
+    image = images[:1].repeat(n, axis=0)  # no zero pixel, so a black hole (mean 0) is easy to find
+    settings = dataclasses.replace(NOTHING, hflip_p=0.5, cutout_p=0.5)
+    dataset = AugmentedDataset(
+        image, np.zeros(n, np.int64), build_train_transform(settings, (0, 0, 0), (1, 1, 1)), seed=0
+    )
+    both = 0
+    for index in range(n):
+        out = pixels(dataset[(0, index)][0], (0, 0, 0), (1, 1, 1))
+        hole = (out == 0).all(axis=-1)
+        both += hole.any() and np.array_equal(out[~hole], image[0, :, ::-1][~hole])
+    assert abs(both / n - 0.25) < 0.04
