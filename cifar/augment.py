@@ -7,7 +7,7 @@ A training pipeline is described by ``AugmentSettings``; ``AUGMENT_PRESETS`` nam
 Reproducibility: the random choices for a training sample are a pure function of ``(seed, epoch, index)``.
 ``AugmentedDataset`` is indexed by ``(epoch, index)`` keys instead of an index, so the epoch travels with each
 request into the DataLoader workers (persistent or not, which never see state set on the dataset after they
-start), and before each sample it reseeds the pipeline from that key. ``EpochSampler`` yields the keys in the
+start), and before each sample it reseeds the pipeline from that key. ``TrainBatches`` yields the keys in the
 order ``epoch_permutation(seed, epoch, n)``; the same sample in the same epoch is then the same tensor whatever
 the number of workers, processes, batch size, or where a resumed run starts.
 """
@@ -218,35 +218,62 @@ def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
     return keyed_rng(seed, Stream.ORDER, epoch).permutation(n)
 
 
-class EpochSampler(Sampler[tuple[int, int]]):
-    """Yields ``(epoch, index)`` keys for ``AugmentedDataset`` in ``epoch_permutation(seed, epoch, n)`` order.
+def steps_per_epoch(n: int, batch_size: int, shards: int) -> int:
+    """Optimizer steps in an epoch of ``n`` images at global batch ``batch_size``.
 
-    The epoch lives here, in the process that iterates the DataLoader, not in the dataset; call ``set_epoch``
-    before each epoch (the name DistributedSampler uses, so ``DataLoader``-wrapping code that calls it works).
+    The last, smaller batch counts when it still gives every one of the ``shards`` pieces it is split into
+    (micro-batches × processes) at least one image: a process with an empty piece could not join the step.
+    """
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest >= shards else 0)
+
+
+class TrainBatches(Sampler[list[tuple[int, int]]]):
+    """One process's share of each epoch, as lists of ``(epoch, index)`` keys for ``AugmentedDataset``.
+
+    The epoch's order is ``epoch_permutation(seed, epoch, n)``, cut into global batches of ``batch_size``
+    (see :func:`steps_per_epoch` for the last one); each global batch is split into ``grad_accum``
+    micro-batches and each micro-batch into ``world_size`` contiguous pieces, as evenly as possible. Process
+    ``rank`` gets its piece of every micro-batch, in order. So the samples of an optimizer step are the same on
+    any number of processes, and a resumed run starts at any step (``set_epoch(epoch, start_step)``).
+    The sampler iterates in the process that owns the DataLoader, so ``set_epoch`` reaches persistent workers.
     """
 
-    def __init__(self, n: int, seed: int, epoch: int = 0) -> None:
-        self.n = n
-        self.seed = seed
-        self.epoch = epoch
+    def __init__(self, n: int, seed: int, batch_size: int, grad_accum: int = 1, rank: int = 0,
+                 world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size {world_size})")
+        self.n, self.seed, self.batch_size = n, seed, batch_size
+        self.grad_accum, self.rank, self.world_size = grad_accum, rank, world_size
+        self.steps = steps_per_epoch(n, batch_size, grad_accum * world_size)
+        if self.steps == 0:
+            raise ValueError(f"{n} training images make no batch of {batch_size} split {grad_accum * world_size} "
+                             "ways: use a smaller batch or more images")
+        self.epoch, self.start_step = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration yield the keys of ``epoch``."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Make the next iteration yield epoch ``epoch`` from optimizer step ``start_step`` on."""
+        if not 0 <= start_step <= self.steps:
+            raise ValueError(f"start_step {start_step} is not in [0, {self.steps}]")
+        self.epoch, self.start_step = epoch, start_step
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
-        return ((epoch, int(index)) for index in epoch_permutation(self.seed, epoch, self.n))
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, order = self.epoch, epoch_permutation(self.seed, self.epoch, self.n)
+        for step in range(self.start_step, self.steps):
+            batch = order[step * self.batch_size:(step + 1) * self.batch_size]
+            for micro in np.array_split(batch, self.grad_accum):
+                yield [(epoch, int(index)) for index in np.array_split(micro, self.world_size)[self.rank]]
 
     def __len__(self) -> int:
-        return self.n
+        return (self.steps - self.start_step) * self.grad_accum
 
 
 class AugmentedDataset(Dataset[tuple[torch.Tensor, int]]):
     """Training images under a random pipeline, reseeded per sample from ``(seed, epoch, index)``.
 
     Items are keyed by ``(epoch, index)`` (see the module docstring); iterate with
-    ``DataLoader(dataset, sampler=EpochSampler(len(dataset), seed), ...)`` or any sampler yielding such keys.
+    ``DataLoader(dataset, batch_sampler=TrainBatches(len(dataset), seed, batch_size), ...)`` or any sampler
+    yielding such keys.
     An item is ``(float32 CHW tensor, label)``. Not thread-safe: the pipeline's random state is set per call.
     """
 
@@ -266,7 +293,7 @@ class AugmentedDataset(Dataset[tuple[torch.Tensor, int]]):
         if not isinstance(key, tuple):
             raise TypeError(
                 f"AugmentedDataset items are keyed by (epoch, index), got {key!r}: give the DataLoader "
-                "sampler=EpochSampler(len(dataset), seed) instead of shuffle=True or an index sampler"
+                "batch_sampler=TrainBatches(len(dataset), seed, batch_size) instead of shuffle=True or an index sampler"
             )
         epoch, index = key
         reseed(self._numpy_random, self._python_random, self.seed, Stream.AUGMENT, epoch, index)

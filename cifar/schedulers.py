@@ -217,6 +217,11 @@ def schedule_defaults(name: str) -> dict[str, Any]:
     return defaults
 
 
+def schedule_lr(name: str, step: int, total_steps: int, max_lr: float, **params: Any) -> float:
+    """The lr of schedule ``name`` at optimizer ``step``: the value :class:`Schedule` sets, e.g. to plot it."""
+    return _call(_kind(name).lr, step, total_steps, params, max_lr=max_lr)
+
+
 def _momentum_key(optimizer: Optimizer) -> str:
     """The param-group entry that holds momentum: SGD's ``momentum`` or Adam's ``betas`` (beta1)."""
     for key in ("momentum", "betas"):
@@ -277,7 +282,7 @@ class Schedule(LRScheduler):
 
     def get_lr(self) -> list[float]:
         """Each param group's lr at the current position."""
-        return [_call(self._kind.lr, self.last_epoch, self.total_steps, self.params, max_lr=max_lr)
+        return [schedule_lr(self.name, self.last_epoch, self.total_steps, max_lr, **self.params)
                 for max_lr in self.base_lrs]
 
     def step(self, epoch: int | None = None) -> None:

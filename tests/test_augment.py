@@ -15,12 +15,13 @@ from cifar.augment import (
     AUGMENT_PRESETS,
     AugmentedDataset,
     AugmentSettings,
-    EpochSampler,
+    TrainBatches,
     PlainDataset,
     augment_settings,
     build_test_transform,
     build_train_transform,
     epoch_permutation,
+    steps_per_epoch,
 )
 
 MEAN = (0.49, 0.48, 0.45)
@@ -118,7 +119,7 @@ def test_items_are_normalized_float32_chw(images: np.ndarray, labels: np.ndarray
 
 def test_an_index_instead_of_a_key_is_refused_with_the_fix(images: np.ndarray, labels: np.ndarray) -> None:
     dataset = AugmentedDataset(images, labels, build_train_transform("default", MEAN, STD), seed=0)
-    with pytest.raises(TypeError, match=r"keyed by \(epoch, index\), got 3: .*EpochSampler"):
+    with pytest.raises(TypeError, match=r"keyed by \(epoch, index\), got 3: .*TrainBatches"):
         dataset[3]
 
 
@@ -135,9 +136,9 @@ def test_augmenting_leaves_the_source_images_alone(images: np.ndarray, labels: n
 
 
 def run_epochs(
-    dataset: AugmentedDataset, sampler: EpochSampler, epochs: list[int], **loader: object
+    dataset: AugmentedDataset, sampler: TrainBatches, epochs: list[int], **loader: object
 ) -> list[torch.Tensor]:
-    batches = DataLoader(dataset, sampler=sampler, **loader)  # type: ignore[arg-type]
+    batches = DataLoader(dataset, batch_sampler=sampler, **loader)  # type: ignore[arg-type]
     out = []
     for epoch in epochs:
         sampler.set_epoch(epoch)
@@ -147,9 +148,9 @@ def run_epochs(
 
 def test_a_sample_is_the_same_whatever_the_workers_and_batch_size(images: np.ndarray, labels: np.ndarray) -> None:
     dataset = AugmentedDataset(images, labels, build_train_transform("seed003", MEAN, STD), seed=11)
-    serial = run_epochs(dataset, EpochSampler(len(images), seed=11), [0, 1], batch_size=5, num_workers=0)
+    serial = run_epochs(dataset, TrainBatches(len(images), 11, batch_size=5), [0, 1], num_workers=0)
     parallel = run_epochs(
-        dataset, EpochSampler(len(images), seed=11), [0, 1], batch_size=8, num_workers=2, persistent_workers=True
+        dataset, TrainBatches(len(images), 11, batch_size=8), [0, 1], num_workers=2, persistent_workers=True
     )
     for epoch in (0, 1):
         torch.testing.assert_close(parallel[epoch], serial[epoch], rtol=0, atol=0)
@@ -186,8 +187,42 @@ def test_epoch_permutation_is_a_pure_function() -> None:
     np.testing.assert_array_equal(epoch_permutation(5, 2, 1000), order)
     assert not np.array_equal(epoch_permutation(5, 3, 1000), order)
     assert not np.array_equal(epoch_permutation(6, 2, 1000), order)
-    sampler = EpochSampler(1000, seed=5, epoch=2)
-    assert list(sampler) == [(2, int(index)) for index in order] and len(sampler) == 1000
+    sampler = TrainBatches(1000, 5, batch_size=1000)
+    sampler.set_epoch(2)
+    assert list(sampler) == [[(2, int(index)) for index in order]] and len(sampler) == 1
+
+
+@pytest.mark.parametrize(("n", "batch", "accum", "world", "steps"),
+                         [(100, 32, 1, 1, 4), (100, 32, 2, 2, 4), (100, 32, 1, 5, 3), (96, 32, 4, 8, 3), (7, 8, 1, 1, 1)])
+def test_train_batches_shard_every_step_across_processes(n: int, batch: int, accum: int, world: int,
+                                                         steps: int) -> None:
+    """The processes' pieces of each step put together are that step's global batch, in the epoch's order."""
+    samplers = [TrainBatches(n, 3, batch, accum, rank, world) for rank in range(world)]
+    assert {sampler.steps for sampler in samplers} == {steps} == {steps_per_epoch(n, batch, accum * world)}
+    for sampler in samplers:
+        sampler.set_epoch(4)
+    pieces = [list(sampler) for sampler in samplers]
+    assert all(len(p) == steps * accum for p in pieces)
+    order = epoch_permutation(3, 4, n).tolist()
+    for step in range(steps):
+        seen = [key for micro in range(accum) for rank in range(world) for key in pieces[rank][step * accum + micro]]
+        assert all(key[0] == 4 and key for key in seen)
+        assert [index for _, index in seen] == order[step * batch:(step + 1) * batch]
+    # Every image once, except a last batch too small to split: then it waits for another epoch's order.
+    covered = sorted(index for p in pieces for piece in p for _, index in piece)
+    assert covered == sorted(order[:min(n, steps * batch)])
+
+
+def test_train_batches_resume_at_a_step() -> None:
+    whole = TrainBatches(100, 1, 16, grad_accum=2, rank=1, world_size=2)
+    whole.set_epoch(1)
+    resumed = TrainBatches(100, 1, 16, grad_accum=2, rank=1, world_size=2)
+    resumed.set_epoch(1, start_step=4)
+    assert list(resumed) == list(whole)[4 * 2:] and len(resumed) == (whole.steps - 4) * 2
+    with pytest.raises(ValueError, match="start_step 8"):
+        resumed.set_epoch(1, start_step=8)
+    with pytest.raises(ValueError, match="no batch of 64"):
+        TrainBatches(10, 1, 64, world_size=16)
 
 
 # ---------------------------------------------------------------- what the steps do

@@ -1,0 +1,333 @@
+"""train.py end to end, as users run it: a subprocess (or `accelerate launch`) on a tiny generated dataset.
+
+Slow by nature (each run starts torch, accelerate and albumentations), so marked ``slow``; CI runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cifar import checkpoint as ckpt
+from cifar.data import load_cifar
+from tests.tiny_data import write_tiny_cifar
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+TIMINGS = ("epoch_seconds", "images_per_second")
+# 240 training images (40 held out for validation leave 200: six batches of 32 and one of 8), 100 test images.
+BASE = ["--cpu", "--model", "c4net_tiny", "--batch-size", "32", "--lr", "0.05", "--val-size", "40",
+        "--num-workers", "1", "--checkpoint-every", "2", "--keep-last", "2"]
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = write_tiny_cifar(tmp_path_factory.mktemp("data") / "tiny")
+    load_cifar(root)  # build the cache once, so runs do not race to write it
+    return root
+
+
+def command(*args: str | Path, processes: int = 1) -> list[str]:
+    if processes == 1:
+        return [sys.executable, str(ROOT / "train.py"), *map(str, args)]
+    return [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+            str(ROOT / "train.py"), *map(str, args)]
+
+
+def train(*args: str | Path, processes: int = 1, env: dict[str, str] | None = None,
+          timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command(*args, processes=processes), cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rows(run: Path) -> list[dict[str, object]]:
+    """metrics.jsonl without the timing columns, which no two runs share."""
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMINGS}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def newest_step(run: Path) -> int:
+    found = ckpt.list_checkpoints(run / "checkpoints") if (run / "checkpoints").is_dir() else []
+    return int(found[-1].name.split("-")[1]) if found else -1
+
+
+def kill_during_training(cmd: list[str], run: Path, rng: random.Random, sig: int = signal.SIGKILL) -> int:
+    """Start ``cmd``, wait until it has saved a checkpoint newer than the ones already there, then send ``sig``
+    to its whole process group after a random delay, so that it lands at a different point of the work each time
+    (mid-step, mid-checkpoint, mid-evaluation). Returns the exit status."""
+    before = newest_step(run)
+    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 240
+    while newest_step(run) <= before and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(rng.uniform(0.0, 0.6))
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+    _, stderr = process.communicate(timeout=120)
+    process.stderr_text = stderr  # type: ignore[attr-defined]
+    return process.returncode
+
+
+def assert_same_run(straight: Path, resumed: Path) -> None:
+    assert (resumed / "model.safetensors").read_bytes() == (straight / "model.safetensors").read_bytes()
+    assert (resumed / "best.safetensors").read_bytes() == (straight / "best.safetensors").read_bytes()
+    assert rows(resumed) == rows(straight)
+
+
+# ---------------------------------------------------------------- one process
+
+
+@pytest.fixture(scope="module")
+def straight(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference: three epochs never interrupted."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    result = train(*BASE, "--data-dir", tiny, "--epochs", "3", "--output-dir", out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_a_run_writes_what_it_promises(straight: Path) -> None:
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "model.safetensors", "best.safetensors"):
+        assert (straight / name).is_file(), name
+    for name in ("loss", "accuracy", "lr", "confusion_matrix", "misclassified", "augmented_samples"):
+        assert (straight / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    history = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in history] == [1, 2, 3] and [row["step"] for row in history] == [7, 14, 21]
+    for row in history:
+        assert {"lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", *TIMINGS} <= set(row)
+        assert row["train_images"] == 200
+    summary = json.loads((straight / "summary.json").read_text())
+    assert summary["test_images"] == 100 and summary["params"] == 3858 and summary["receptive_field"] > 44
+    assert summary["test_acc"] == history[-1]["test_acc"]
+    best = max(history, key=lambda row: row["val_acc"])  # the first of equals, as the trainer keeps it
+    assert summary["best_val_acc"] == best["val_acc"] and summary["best_epoch"] == best["epoch"]
+    # Plain keys: the weights load into a freshly built net.
+    from cifar.nets import build_net
+    build_net("c4net_tiny").load_state_dict(load_file(straight / "model.safetensors"), strict=True)
+    # keep-last 2 plus the best one.
+    kept = ckpt.list_checkpoints(straight / "checkpoints")
+    assert kept[-1].name == ckpt.checkpoint_name(21) and 2 <= len(kept) <= 3
+
+
+def test_sigkill_anywhere_then_resume_auto_is_bit_identical(tiny: Path, straight: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cmd = command(*BASE, "--data-dir", tiny, "--epochs", "3", "--output-dir", out, "--resume", "auto")
+    rng = random.Random(int(time.time()))
+    for _ in range(3):
+        assert kill_during_training(cmd, out, rng) in (-signal.SIGKILL, 0)
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stdout
+    assert_same_run(straight, out)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_75_then_resumes_exactly(tiny: Path, straight: Path,
+                                                                     tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cmd = command(*BASE, "--data-dir", tiny, "--epochs", "3", "--output-dir", out, "--resume", "auto")
+    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while newest_step(out) < 2 and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 75, stderr
+    assert "stopped by SIGTERM" in stderr and "--resume auto" in stderr
+    step = newest_step(out)
+    assert ckpt.verify_checkpoint(out / "checkpoints" / ckpt.checkpoint_name(step))
+    assert not (out / "model.safetensors").exists()
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"step {step})" in result.stdout
+    assert_same_run(straight, out)
+
+
+def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(tiny: Path, straight: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = train(*BASE, "--data-dir", tiny, "--epochs", "3", "--output-dir", out)
+    assert first.returncode == 0, first.stderr
+    (out / "model.safetensors").unlink()
+    newest = ckpt.list_checkpoints(out / "checkpoints")[-1]
+    payload = newest / "model.pt"
+    data = bytearray(payload.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    payload.write_bytes(bytes(data))
+    result = train(*BASE, "--data-dir", tiny, "--epochs", "3", "--output-dir", out, "--resume", "auto")
+    assert result.returncode == 0, result.stderr
+    assert f"skipping checkpoint {newest}" in result.stderr and "corrupt" in result.stderr
+    assert_same_run(straight, out)
+
+
+def test_eval_only_reports_accuracy_and_a_per_class_table(tiny: Path, straight: Path) -> None:
+    summary = json.loads((straight / "summary.json").read_text())
+    newest = ckpt.list_checkpoints(straight / "checkpoints")[-1]
+    for weights in (straight / "model.safetensors", newest):
+        result = train("--cpu", "--data-dir", tiny, "--eval-only", weights, "--num-workers", "0")
+        assert result.returncode == 0, result.stderr
+        assert f"test accuracy {summary['test_acc']:.2%} (100 images)" in result.stdout
+        assert "airplane" in result.stdout and "total" in result.stdout
+
+
+def test_nonfinite_loss_stops_with_exit_3_and_keeps_the_last_good_checkpoint(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = train(*BASE, "--data-dir", tiny, "--epochs", "2", "--output-dir", out, "--lr", "1e30",
+                   "--checkpoint-every", "1")
+    assert result.returncode == 3, result.stderr
+    assert "non-finite" in result.stderr and "at step" in result.stderr
+    failed_step = int(result.stderr.split("at step ")[1].split()[0])
+    kept = ckpt.list_checkpoints(out / "checkpoints")
+    assert kept and newest_step(out) == failed_step - 1
+    state = ckpt.load_checkpoint(kept[-1])
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert not (out / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------- several processes
+
+
+def test_two_processes_count_every_image_once_and_resume_exactly(tiny: Path, tmp_path: Path) -> None:
+    args = [*BASE, "--data-dir", tiny, "--epochs", "2"]
+    reference = tmp_path / "straight"
+    result = train(*args, "--output-dir", reference, processes=2)
+    assert result.returncode == 0, result.stderr
+    assert "2 process(es)" in result.stdout and "MULTI_CPU" in result.stdout
+    assert all(row["train_images"] == 200 for row in rows(reference))
+    assert json.loads((reference / "summary.json").read_text())["test_images"] == 100
+
+    out = tmp_path / "killed"
+    cmd = command(*args, "--output-dir", out, "--resume", "auto", processes=2)
+    assert kill_during_training(cmd, out, random.Random(int(time.time()))) != 0
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stdout
+    assert_same_run(reference, out)
+
+
+def test_sync_bn_on_two_processes_matches_one_process_with_the_same_global_batch(tiny: Path, tmp_path: Path) -> None:
+    args = [*BASE, "--data-dir", tiny, "--epochs", "1", "--val-size", "0"]
+    one = train(*args, "--output-dir", tmp_path / "one")
+    two = train(*args, "--sync-bn", "--output-dir", tmp_path / "two", processes=2)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+    assert worst < 1e-5
+    # Without synced statistics each process normalizes by its half batch: the result must differ measurably,
+    # or this test would not be telling sync-bn apart from nothing.
+    plain = train(*args, "--output-dir", tmp_path / "plain", processes=2)
+    assert plain.returncode == 0, plain.stderr
+    c = load_file(tmp_path / "plain" / "model.safetensors")
+    assert max(float((a[k].double() - c[k].double()).abs().max()) for k in a if a[k].is_floating_point()) > 1e-4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without GPUs")
+def test_processes_that_form_no_group_are_an_error(tiny: Path, tmp_path: Path) -> None:
+    """`accelerate launch --multi_gpu` without --cpu on a GPU-less machine starts lone processes."""
+    result = train("--data-dir", tiny, "--model", "c4net_tiny", "--epochs", "1", "--output-dir", tmp_path / "run",
+                   processes=2)
+    assert result.returncode != 0
+    assert "did not form a process group" in result.stderr and "--cpu" in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------- W&B
+
+
+def wandb_values(run_file: Path, key: str) -> list[str]:
+    """The JSON values logged under ``key``, in order, read from an offline run's .wandb log.
+
+    Each history or summary item is a protobuf message with the key as field 1 or 2 and its JSON value as field
+    16; W&B ships no reader for offline runs, so the test finds those fields (keys and values < 128 bytes).
+    """
+    data, name = run_file.read_bytes(), key.encode()
+    item = re.compile(rb"[\n\x12]" + re.escape(bytes([len(name)]) + name + b"\x82\x01") + rb"(.)", re.DOTALL)
+    values = []
+    for match in item.finditer(data):
+        length = match.group(1)[0]
+        values.append(data[match.end():match.end() + length].decode())
+    return values
+
+
+def test_wandb_offline_writes_a_run_and_a_resumed_run_continues_it(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    args = [*BASE, "--data-dir", tiny, "--epochs", "2", "--output-dir", out, "--wandb", "--wandb-group", "g1",
+            "--wandb-tags", "tiny,test", "--log-every", "1", "--resume", "auto"]
+    process = subprocess.Popen(command(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, **env})
+    while newest_step(out) < 3 and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 75, stderr
+    result = train(*args, env=env)
+    assert result.returncode == 0, result.stderr
+    runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2
+    assert len({path.name.rsplit("-", 1)[1] for path in runs}) == 1, runs  # the resumed run kept the run id
+    logs = [next(path.glob("run-*.wandb")) for path in runs]
+    # Every optimizer step logged exactly once over the two processes' lifetimes: 2 epochs of 7 steps.
+    # (A history record names its step twice, hence dict.fromkeys.)
+    steps = [int(value) for log in logs for value in dict.fromkeys(wandb_values(log, "_step"))]
+    assert steps == list(range(1, 15))
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [json.loads(v) for log in logs for v in wandb_values(log, "epoch/test_acc")]
+    assert [v for v in logged if not isinstance(v, dict)] == [row["test_acc"] for row in history]
+    assert {"last": history[-1]["test_acc"]} in logged  # the runs table's summary
+    final = json.loads((out / "summary.json").read_text())
+    assert wandb_values(logs[-1], "final/test_acc") == [json.dumps(final["test_acc"])]
+    assert sorted(p.name.split("_")[0] for p in (runs[-1] / "files" / "media" / "images" / "plots").iterdir()) == \
+        ["accuracy", "confusion", "loss", "lr", "misclassified"]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_input_fails_at_once_naming_the_problem_and_the_fix(tiny: Path, straight: Path, tmp_path: Path) -> None:
+    before = {path: path.read_bytes() for path in (straight / "checkpoints").rglob("*") if path.is_file()}
+    newest = ckpt.list_checkpoints(straight / "checkpoints")[-1]
+    junk = tmp_path / "junk.safetensors"
+    junk.write_text("not weights")
+    cases = [
+        (["--data-dir", tmp_path / "nothing"], ["no CIFAR-10 dataset", "nothing", "--data-dir"]),
+        (["--data-dir", tiny, "--epochs", "0"], ["--epochs 0", "positive integer"]),
+        (["--data-dir", tiny, "--model", "resnet"], ["'resnet'", "c4net"]),
+        (["--data-dir", tiny, "--resume", tmp_path / "missing"], ["no such checkpoint", "missing"]),
+        (["--data-dir", tiny, "--model", "c4net", "--output-dir", tmp_path / "other", "--resume", newest],
+         ["'c4net_tiny'", "'c4net'", "--model c4net_tiny"]),
+        (["--data-dir", tiny, "--eval-only", junk], ["junk.safetensors"]),
+    ]
+    for args, words in cases:
+        result = train("--cpu", "--num-workers", "0", *args, timeout=120)
+        assert result.returncode == 2, (args, result.stderr)
+        message = result.stderr.strip().splitlines()[-1]
+        assert message.startswith("error: ") and all(word in message for word in words), (args, message)
+    # No W&B credentials and not offline: refused before any training.
+    result = train(*BASE, "--data-dir", tiny, "--epochs", "1", "--output-dir", tmp_path / "wb", "--wandb",
+                   env={"WANDB_MODE": "online", "WANDB_API_KEY": "", "HOME": str(tmp_path), "NETRC": ""})
+    assert result.returncode == 2 and "WANDB_MODE=offline" in result.stderr, result.stderr
+    assert not (tmp_path / "wb" / "checkpoints").exists()
+    # Nothing that was saved was touched.
+    assert before == {path: path.read_bytes() for path in (straight / "checkpoints").rglob("*") if path.is_file()}

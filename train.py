@@ -1,0 +1,646 @@
+"""Train a CIFAR-10 net, from a laptop CPU to a multi-node GPU cluster, and resume it exactly.
+
+    accelerate launch train.py --epochs 35                      # every GPU the accelerate config names
+    python train.py --cpu --subset 2000 --epochs 2              # a quick CPU run
+    accelerate launch --multi_gpu --num_processes 2 train.py --cpu ...   # 2-process DDP on a CPU (gloo)
+
+Everything a run writes goes to --output-dir: config.yaml, metrics.jsonl, summary.json, model.safetensors,
+best.safetensors (chosen on --val-size images, never on the test set), plots/ and checkpoints/.
+
+Exit codes: 0 done; 1 unexpected error; 2 bad input (flags, config, data, checkpoint, W&B setup);
+3 the loss became non-finite (the last good checkpoint is kept); 75 stopped by SIGTERM or SIGUSR1 after saving
+a checkpoint (run the same command with --resume auto to continue).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import broadcast, broadcast_object_list, gather_object
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from cifar import checkpoint as ckpt
+from cifar import plots
+from cifar.augment import (AugmentedDataset, PlainDataset, TrainBatches, build_test_transform, build_train_transform,
+                           epoch_permutation)
+from cifar.config import ConfigError, TrainConfig, parse_config, save_yaml, trajectory_differences
+from cifar.data import CifarArrays, CifarDataError, load_cifar, stratified_split, stratified_subset
+from cifar.metrics import confusion_matrix, per_class_table
+from cifar.nets import build_net
+from cifar.nets.analysis import NetReport, analyze_net
+from cifar.optim import build_optimizer
+from cifar.schedulers import build_schedule, schedule_lr
+from cifar.sync_bn import convert_sync_batchnorm
+
+EXIT_BAD_INPUT = 2
+EXIT_NONFINITE = 3
+EXIT_STOPPED = 75  # EX_TEMPFAIL: "try again later", which is what a preempted job should do
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class BadInput(Exception):
+    """Something the user gave cannot work; the message says what and how to fix it."""
+
+
+class RunStopped(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Progress:
+    """Where the run is: everything besides weights and optimizer state that a resume needs."""
+
+    epoch: int = 0                 # the epoch in progress (== epochs when training is over)
+    step_in_epoch: int = 0         # optimizer steps of that epoch already taken
+    global_step: int = 0
+    running: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # this epoch: loss sum, correct, count
+    history: list[dict[str, Any]] = field(default_factory=list)            # metrics.jsonl rows
+    best_val_acc: float | None = None
+    best_epoch: int | None = None
+    best_checkpoint: str | None = None
+    train_seconds: float = 0.0
+    wandb_run_id: str | None = None
+
+
+def main(argv: list[str]) -> int:
+    # ------------------------------------------------------------------ settings
+    # Every process parses the same flags; only the main one talks, so N processes do not print N errors.
+    cfg = parse_config(argv)
+
+    # ------------------------------------------------------------------ processes and precision
+    precision = resolve_precision(cfg)
+    accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=precision, log_with="wandb" if cfg.wandb else None,
+                              dynamo_backend="inductor" if cfg.compile else "no")
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        # Otherwise each process would train its own copy of the same model, and all would write one folder.
+        raise BadInput(
+            f"{launched} processes were launched but they did not form a process group (each sees "
+            f"{accelerator.num_processes}): on a machine without GPUs add --cpu to use gloo, on GPUs check that "
+            "every process sees a GPU (CUDA_VISIBLE_DEVICES)")
+    main_process = accelerator.is_main_process
+    say = accelerator.print
+
+    # The output folder's name has a time in it: take the main process's, so every process writes one folder.
+    [cfg] = broadcast_object_list([cfg.resolved(precision)])
+    out = Path(cfg.output_dir)
+
+    # ------------------------------------------------------------------ data
+    # The main process decodes (or downloads) first and writes the cache; the others then read the cache.
+    with accelerator.main_process_first():
+        data = load_cifar(cfg.data_dir, download=cfg.download and main_process)
+    if cfg.eval_only:
+        return evaluate_weights(cfg, accelerator, data)
+    try:  # sizes that this dataset cannot give: the library says which and why
+        train_idx, val_idx = stratified_split(data.train_labels, cfg.val_size, cfg.seed)
+        if cfg.subset is not None:
+            train_idx = train_idx[stratified_subset(data.train_labels[train_idx], cfg.subset, cfg.seed)]
+        batches = TrainBatches(len(train_idx), cfg.seed, cfg.batch_size, cfg.grad_accum,
+                               accelerator.process_index, accelerator.num_processes)
+    except ValueError as error:
+        raise BadInput(f"--val-size {cfg.val_size}, --subset {cfg.subset}, --batch-size {cfg.batch_size}: "
+                       f"{error}") from error
+    train_set = AugmentedDataset(data.train_images[train_idx], data.train_labels[train_idx],
+                                 build_train_transform(cfg.augment, data.mean, data.std), cfg.seed)
+    train_loader = DataLoader(train_set, batch_sampler=batches, num_workers=cfg.num_workers,
+                              pin_memory=accelerator.device.type == "cuda", persistent_workers=cfg.num_workers > 0,
+                              worker_init_fn=ignore_stop_signals)
+    test_loader = eval_loader(data.test_images, data.test_labels, data, cfg)
+    val_loader = eval_loader(data.train_images[val_idx], data.train_labels[val_idx], data, cfg) if len(val_idx) else None
+    total_steps = cfg.epochs * batches.steps
+
+    # ------------------------------------------------------------------ net, optimizer, schedule
+    # Same init on every process (DDP would broadcast rank 0's anyway); then per-process streams for dropout.
+    torch.manual_seed(cfg.seed)
+    net = build_net(cfg.model)
+    report = analyze_net(net, name=cfg.model)
+    if cfg.sync_bn:
+        net = convert_sync_batchnorm(net)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    torch.manual_seed(cfg.seed + 1 + accelerator.process_index)
+    optimizer = build_optimizer(net, cfg.optimizer, cfg.lr, cfg.weight_decay, momentum=cfg.momentum,
+                                nesterov=cfg.nesterov)
+    # Not handed to prepare(): it follows the optimizer's own step count, once per optimizer step.
+    schedule = build_schedule(cfg.scheduler, optimizer, total_steps)
+    model, optimizer, test_loader = accelerator.prepare(net, optimizer, test_loader)
+    if val_loader is not None:
+        val_loader = accelerator.prepare(val_loader)
+    plain_net = accelerator.unwrap_model(model, keep_torch_compile=False)
+    ema = AveragedModel(plain_net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema else None
+    eval_net = ema.module if ema is not None else plain_net
+
+    # ------------------------------------------------------------------ resume
+    checkpoints = out / "checkpoints"
+    progress = Progress()
+    resume_from = find_resume_checkpoint(cfg, accelerator, checkpoints)
+    if resume_from is not None:
+        progress = load_training_state(resume_from, cfg, accelerator, plain_net, optimizer, schedule, ema)
+        say(f"resumed from {resume_from} (epoch {progress.epoch + 1}, step {progress.global_step})")
+    elif cfg.resume == "auto":
+        say(f"--resume auto: no checkpoint in {checkpoints}, starting fresh")
+
+    # ------------------------------------------------------------------ what this run is
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, out / "config.yaml")
+        write_metrics(out, progress.history)
+        say(f"config ({out / 'config.yaml'}):")
+        for key, value in cfg.to_dict().items():
+            say(f"  {key}: {value}")
+        say(f"net {cfg.model}: {report.params:,} params, receptive field {report.receptive_field}, "
+            f"{report.macs / 1e6:.1f} MMACs/image, constraints "
+            f"{'all met' if report.meets_constraints else 'FAILED: ' + ', '.join(k for k, ok in report.constraints.items() if not ok)}")
+        say(f"{hardware(accelerator)}; {len(train_set):,} training images, {len(val_idx):,} validation, "
+            f"{len(data.test_labels):,} test; {batches.steps} steps/epoch, {total_steps} steps")
+        if progress.global_step == 0:
+            plot_augmented_samples(train_set, data, cfg, out / "plots" / "augmented_samples.png")
+    if cfg.wandb:
+        progress.wandb_run_id = start_wandb(cfg, accelerator, report, progress.wandb_run_id)
+
+    # ------------------------------------------------------------------ train
+    stop = StopRequest()
+    stop.install()
+    try:
+        while progress.epoch < cfg.epochs:
+            seconds, images = run_epoch(
+                cfg, accelerator, model, optimizer, schedule, ema, train_loader, batches, progress, stop,
+                lambda: save_training_state(checkpoints, cfg, accelerator, plain_net, optimizer, schedule, ema,
+                                            progress))
+            # The epoch is done: evaluate on the validation split (which alone selects best.safetensors) and test.
+            sync_buffers(accelerator, eval_net)
+            row = epoch_row(accelerator, eval_net, val_loader, test_loader, progress, schedule, seconds, images)
+            progress.history.append(row)
+            improved = row.get("val_acc") is not None and (progress.best_val_acc is None
+                                                           or row["val_acc"] > progress.best_val_acc)
+            if improved:
+                progress.best_val_acc, progress.best_epoch = row["val_acc"], row["epoch"]
+                progress.best_checkpoint = ckpt.checkpoint_name(progress.global_step)
+                if main_process:
+                    save_net(eval_net, out / "best.safetensors", cfg)
+            progress.epoch, progress.step_in_epoch, progress.running = progress.epoch + 1, 0, [0.0, 0.0, 0.0]
+            save_training_state(checkpoints, cfg, accelerator, plain_net, optimizer, schedule, ema, progress)
+            if main_process:
+                write_metrics(out, progress.history)
+            say(epoch_line(row, cfg.epochs))
+            accelerator.log({f"epoch/{k}": v for k, v in row.items() if v is not None}, step=progress.global_step)
+    except RunStopped as stopped:
+        if main_process:
+            print(stopped, file=sys.stderr)
+        accelerator.end_training()
+        return stopped.code
+    finally:
+        stop.uninstall()
+
+    # ------------------------------------------------------------------ results
+    sync_buffers(accelerator, eval_net)
+    test = evaluate(accelerator, eval_net, test_loader)
+    if main_process:
+        write_results(cfg, out, eval_net, data, test, progress, report, accelerator, total_steps)
+        say(f"test accuracy {test.accuracy:.2%} on {test.count:,} images; best validation "
+            f"{'-' if progress.best_val_acc is None else f'{progress.best_val_acc:.2%} (epoch {progress.best_epoch})'}; "
+            f"{progress.train_seconds:.1f} s training; wrote {out}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return 0
+
+
+# ====================================================================== the training steps
+
+
+def run_epoch(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any, schedule: Any,
+              ema: AveragedModel | None, train_loader: DataLoader, batches: TrainBatches, progress: Progress,
+              stop: StopRequest, checkpoint: Callable[[], None]) -> tuple[float, int]:
+    """Optimizer steps from ``progress.step_in_epoch`` to the epoch's end, checkpointing on the way; returns
+    the seconds and images of this process's share of the epoch (all of it unless resumed mid-epoch).
+
+    One all-reduce per step carries the step's loss sum, correct count, image count and any stop request, so
+    every process sees the same numbers and stops at the same step.
+    """
+    batches.set_epoch(progress.epoch, progress.step_in_epoch)
+    epoch_start = segment_start = time.perf_counter()
+    images = 0
+    n_train = batches.n
+    model.train()
+    micro_batches = iter(train_loader)
+    with tqdm(total=batches.steps, initial=progress.step_in_epoch, desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
+              disable=not accelerator.is_main_process, dynamic_ncols=True, leave=False) as bar:
+        while progress.step_in_epoch < batches.steps:
+            step_images = min(cfg.batch_size, n_train - progress.step_in_epoch * cfg.batch_size)
+            totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
+            for micro in range(cfg.grad_accum):
+                inputs, labels = next(micro_batches)
+                inputs = inputs.to(accelerator.device, non_blocking=True)
+                labels = labels.to(accelerator.device, non_blocking=True)
+                if cfg.channels_last:
+                    inputs = inputs.contiguous(memory_format=torch.channels_last)
+                # Gradients are averaged over processes by DDP: scale each process's sum so that the result is
+                # the mean over the step's global batch, whatever the split into processes and micro-batches.
+                sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
+                with sync:
+                    logits = model(inputs)
+                    losses = F.cross_entropy(logits.float(), labels, reduction="none",
+                                             label_smoothing=cfg.label_smoothing)
+                    accelerator.backward(losses.sum() * (accelerator.num_processes / step_images))
+                totals[0] += losses.detach().sum()
+                totals[1] += (logits.detach().argmax(1) == labels).sum()
+                totals[2] += len(labels)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            schedule.step()
+            if ema is not None and not optimizer.step_was_skipped:
+                ema.update_parameters(accelerator.unwrap_model(model, keep_torch_compile=False))
+            totals[3] = float(stop.requested is not None)
+            loss_sum, correct, count, stops = accelerator.reduce(totals, "sum").tolist()
+            if not math.isfinite(loss_sum):
+                raise RunStopped(
+                    f"error: the training loss became non-finite ({loss_sum}) at step {progress.global_step + 1} "
+                    f"(epoch {progress.epoch + 1}); nothing of this step was saved, the checkpoints already in "
+                    f"{Path(cfg.output_dir) / 'checkpoints'} stay. Lower --lr"
+                    f"{' or train in bf16 (fp16 overflows more easily)' if cfg.mixed_precision == 'fp16' else ''}, "
+                    "then start again (--resume auto continues from the last good checkpoint).", EXIT_NONFINITE)
+            progress.global_step += 1
+            progress.step_in_epoch += 1
+            progress.running = [r + v for r, v in zip(progress.running, (loss_sum, correct, count))]
+            images += int(count)
+            now = time.perf_counter()
+            bar.update(1)
+            if progress.global_step % cfg.log_every == 0 or progress.step_in_epoch == batches.steps:
+                lr = optimizer.param_groups[0]["lr"]
+                running_loss, running_correct, running_count = progress.running
+                bar.set_postfix(loss=f"{running_loss / running_count:.3f}", acc=f"{running_correct / running_count:.1%}",
+                                lr=f"{lr:.2e}", img_s=f"{images / (now - epoch_start):,.0f}")
+                accelerator.log({"train/loss": loss_sum / count, "train/acc": correct / count, "lr": lr,
+                                 "images_per_second": images / (now - epoch_start)}, step=progress.global_step)
+            if stops:
+                progress.train_seconds += now - segment_start
+                checkpoint()
+                raise RunStopped(f"stopped by {stop.requested or 'a signal to another process'} at step "
+                                 f"{progress.global_step}; checkpoint saved. Run the same command with --resume auto "
+                                 "to continue.", EXIT_STOPPED)
+            mid_epoch = progress.step_in_epoch < batches.steps
+            if cfg.checkpoint_every and progress.global_step % cfg.checkpoint_every == 0 and mid_epoch:
+                progress.train_seconds += now - segment_start
+                checkpoint()
+                segment_start = time.perf_counter()
+    now = time.perf_counter()
+    progress.train_seconds += now - segment_start
+    return now - epoch_start, images
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float
+    count: int
+    predictions: np.ndarray
+    labels: np.ndarray
+
+
+@torch.no_grad()
+def evaluate(accelerator: Accelerator, net: torch.nn.Module, loader: DataLoader) -> Evaluation:
+    """Loss and accuracy over exactly the loader's images: gather_for_metrics drops the padding that evens
+    out the processes' shards."""
+    was_training = net.training
+    net.eval()
+    losses, predictions, labels = [], [], []
+    for inputs, targets in loader:
+        with accelerator.autocast():
+            logits = net(inputs)
+        batch_losses = F.cross_entropy(logits.float(), targets, reduction="none")
+        gathered = accelerator.gather_for_metrics((batch_losses, logits.argmax(1), targets))
+        for bucket, value in zip((losses, predictions, labels), gathered):
+            bucket.append(value.cpu())
+    net.train(was_training)
+    loss, prediction, label = (torch.cat(bucket) for bucket in (losses, predictions, labels))
+    return Evaluation(loss=float(loss.double().sum() / len(loss)), accuracy=float((prediction == label).double().mean()),
+                      count=len(label), predictions=prediction.numpy(), labels=label.numpy())
+
+
+def epoch_row(accelerator: Accelerator, net: torch.nn.Module, val_loader: DataLoader | None, test_loader: DataLoader,
+              progress: Progress, schedule: Any, seconds: float, images: int) -> dict[str, Any]:
+    """The metrics.jsonl row of the epoch that just ended."""
+    loss_sum, correct, count = progress.running
+    row: dict[str, Any] = {"epoch": progress.epoch + 1, "step": progress.global_step,
+                           "lr": schedule.get_last_lr()[0], "train_loss": loss_sum / count,
+                           "train_acc": correct / count, "train_images": int(count)}
+    if val_loader is not None:
+        val = evaluate(accelerator, net, val_loader)
+        row.update(val_loss=val.loss, val_acc=val.accuracy)
+    test = evaluate(accelerator, net, test_loader)
+    row.update(test_loss=test.loss, test_acc=test.accuracy, epoch_seconds=seconds,
+               images_per_second=images / seconds if images else None)
+    return row
+
+
+def epoch_line(row: dict[str, Any], epochs: int) -> str:
+    val = f" | val {row['val_loss']:.3f} {row['val_acc']:.2%}" if "val_acc" in row else ""
+    speed = f"{row['images_per_second']:,.0f} img/s" if row["images_per_second"] else "-"
+    return (f"epoch {row['epoch']:>3}/{epochs} | train {row['train_loss']:.3f} {row['train_acc']:.2%}{val} | "
+            f"test {row['test_loss']:.3f} {row['test_acc']:.2%} | lr {row['lr']:.2e} | "
+            f"{row['epoch_seconds']:.1f} s {speed}")
+
+
+# ====================================================================== stopping
+
+
+class StopRequest:
+    """Remembers a SIGTERM/SIGUSR1; the training loop acts on it at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = signal.Signals(signum).name
+
+    def install(self) -> None:
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore the stop signals (a scheduler may signal the whole process group): the
+    training process decides when to stop, and its workers must live until it has saved a checkpoint."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+# ====================================================================== checkpoints
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": ckpt.numpy_rng_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    ckpt.set_numpy_rng_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def save_training_state(directory: Path, cfg: TrainConfig, accelerator: Accelerator, net: torch.nn.Module,
+                        optimizer: Any, schedule: Any, ema: AveragedModel | None, progress: Progress) -> None:
+    """Every process contributes its RNG state; the main process writes the checkpoint atomically and prunes
+    old ones (keeping the best); all wait for it, so no process exits while the checkpoint is half written."""
+    rng_states = gather_object([rng_state()])
+    if accelerator.is_main_process:
+        payloads = {"model": ckpt.plain_state_dict(net), "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(), "rng": rng_states, "progress": dataclasses.asdict(progress)}
+        if accelerator.scaler is not None:
+            payloads["scaler"] = accelerator.scaler.state_dict()
+        if ema is not None:
+            payloads["ema"] = ema.state_dict()
+        meta = {"model": cfg.model, "epoch": progress.epoch, "step": progress.global_step, "config": cfg.to_dict()}
+        ckpt.write_checkpoint(directory, progress.global_step, payloads, meta)
+        keep = [directory / progress.best_checkpoint] if progress.best_checkpoint else []
+        ckpt.prune_checkpoints(directory, cfg.keep_last, keep)
+    accelerator.wait_for_everyone()
+
+
+def find_resume_checkpoint(cfg: TrainConfig, accelerator: Accelerator, directory: Path) -> Path | None:
+    """The checkpoint to resume from: the main process decides (verifying checksums once) and tells the others."""
+    choice: list[Any] = [None]
+    if accelerator.is_main_process and cfg.resume is not None:
+        if cfg.resume == "auto":
+            found, skipped = ckpt.latest_checkpoint(directory)
+            for path, reason in skipped:
+                warnings.warn(f"skipping checkpoint {path}: {reason}", stacklevel=1)
+            choice = [str(found) if found is not None else None]
+        else:
+            path = Path(cfg.resume)
+            if not path.exists():
+                choice = [BadInput(f"--resume {cfg.resume!r}: no such checkpoint; give a folder under "
+                                   f"<output-dir>/checkpoints/ or --resume auto")]
+            else:
+                try:
+                    ckpt.verify_checkpoint(path)
+                    choice = [str(path)]
+                except ckpt.CheckpointError as error:
+                    choice = [BadInput(f"--resume {cfg.resume!r}: {error}")]
+    [choice] = broadcast_object_list(choice)
+    if isinstance(choice, Exception):
+        raise choice
+    return Path(choice) if choice is not None else None
+
+
+def load_training_state(path: Path, cfg: TrainConfig, accelerator: Accelerator, net: torch.nn.Module,
+                        optimizer: Any, schedule: Any, ema: AveragedModel | None) -> Progress:
+    meta = ckpt.read_manifest(path)["meta"]
+    if meta["model"] != cfg.model:
+        raise BadInput(f"checkpoint {path} holds net {meta['model']!r}, but this run trains {cfg.model!r}: pass "
+                       f"--model {meta['model']} to continue it, or use a new --output-dir")
+    differences = trajectory_differences(meta["config"], cfg)
+    if differences:
+        raise BadInput(f"checkpoint {path} was written with other settings, so resuming would not continue the same "
+                       f"run: {'; '.join(differences)}. Use the original settings, or a new --output-dir.")
+    state = ckpt.load_checkpoint(path)
+    net.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    if ("scaler" in state) != (accelerator.scaler is not None):
+        raise BadInput(f"checkpoint {path} was written with --mixed-precision {meta['config']['mixed_precision']}, "
+                       f"this run uses {cfg.mixed_precision}: the fp16 loss scaler cannot carry over; resume with "
+                       f"--mixed-precision {meta['config']['mixed_precision']}")
+    if accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    rng = state["rng"]
+    if len(rng) == accelerator.num_processes:
+        set_rng_state(rng[accelerator.process_index])
+    else:
+        warnings.warn(f"checkpoint {path} has random states of {len(rng)} processes, this run has "
+                      f"{accelerator.num_processes}: dropout draws will differ from an uninterrupted run",
+                      stacklevel=1)
+    return Progress(**state["progress"])
+
+
+def sync_buffers(accelerator: Accelerator, net: torch.nn.Module) -> None:
+    """Give every process the main process's BatchNorm statistics before evaluating: each process updated its
+    own from its own shard, and the main process's are the ones a checkpoint keeps, so evaluation (and thus a
+    resumed run) does not depend on which process evaluated which image."""
+    if accelerator.num_processes > 1:
+        for buffer in net.buffers():
+            buffer.copy_(broadcast(buffer.clone(), from_process=0))
+
+
+# ====================================================================== outputs
+
+
+def save_net(net: torch.nn.Module, path: Path, cfg: TrainConfig) -> None:
+    ckpt.save_weights(ckpt.plain_state_dict(net), path, {"model": cfg.model})
+
+
+def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite metrics.jsonl from the run's history (kept in every checkpoint), so a resumed run's file holds
+    each epoch once."""
+    write_atomic(out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def write_results(cfg: TrainConfig, out: Path, net: torch.nn.Module, data: CifarArrays, test: Evaluation,
+                  progress: Progress, report: NetReport, accelerator: Accelerator, total_steps: int) -> None:
+    save_net(net, out / "model.safetensors", cfg)
+    summary = {"model": cfg.model, "test_acc": test.accuracy, "test_loss": test.loss, "test_images": test.count,
+               "best_val_acc": progress.best_val_acc, "best_epoch": progress.best_epoch,
+               "epochs": cfg.epochs, "steps": progress.global_step, "params": report.params,
+               "receptive_field": report.receptive_field, "macs": report.macs,
+               "constraints": report.constraints, "train_seconds": progress.train_seconds,
+               "hardware": hardware(accelerator)}
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    figures = out / "plots"
+    matrix = confusion_matrix(test.predictions, test.labels, len(data.classes))
+    paths = {
+        "loss": plots.plot_loss(progress.history, figures / "loss.png"),
+        "accuracy": plots.plot_accuracy(progress.history, figures / "accuracy.png"),
+        "lr": plots.plot_lr(list(range(total_steps)),
+                            [schedule_lr(cfg.scheduler, s, total_steps, cfg.lr) for s in range(total_steps)],
+                            figures / "lr.png"),
+        "confusion_matrix": plots.plot_confusion_matrix(matrix, data.classes, figures / "confusion_matrix.png"),
+    }
+    wrong = np.flatnonzero(test.predictions != test.labels)[:64]
+    if len(wrong):
+        titles = [f"{data.classes[test.labels[i]]}→{data.classes[test.predictions[i]]}" for i in wrong]
+        paths["misclassified"] = plots.plot_image_grid(data.test_images[wrong], titles, figures / "misclassified.png")
+    if cfg.wandb:
+        tracker = accelerator.get_tracker("wandb", unwrap=True)
+        tracker.summary.update({"final/test_acc": test.accuracy, "final/test_loss": test.loss,
+                                "best/val_acc": progress.best_val_acc, "best/epoch": progress.best_epoch})
+        accelerator.get_tracker("wandb").log_images({f"plots/{k}": [str(v)] for k, v in paths.items()},
+                                                    step=progress.global_step)
+
+
+def plot_augmented_samples(train_set: AugmentedDataset, data: CifarArrays, cfg: TrainConfig, path: Path) -> None:
+    """What the network sees in epoch 1: its first 32 training samples after augmentation."""
+    order = epoch_permutation(cfg.seed, 0, len(train_set))[:32]
+    samples = torch.stack([train_set[(0, int(i))][0] for i in order])
+    titles = [data.classes[train_set.labels[i]] for i in order]
+    plots.plot_image_grid(plots.denormalize(samples, data.mean, data.std), titles, path)
+
+
+def hardware(accelerator: Accelerator) -> str:
+    device = accelerator.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    return (f"{accelerator.num_processes} process(es) on {name}, {accelerator.distributed_type.value}, "
+            f"mixed precision {accelerator.mixed_precision}, torch {torch.__version__}")
+
+
+def eval_loader(images: np.ndarray, labels: np.ndarray, data: CifarArrays, cfg: TrainConfig) -> DataLoader:
+    return DataLoader(PlainDataset(images, labels, build_test_transform(data.mean, data.std)),
+                      batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+
+
+def resolve_precision(cfg: TrainConfig) -> str:
+    gpu = torch.cuda.is_available() and not cfg.cpu
+    if cfg.mixed_precision == "auto":
+        return "bf16" if gpu and torch.cuda.is_bf16_supported() else "no"
+    if cfg.mixed_precision == "fp16" and not gpu:
+        raise BadInput("--mixed-precision fp16 needs a GPU (its loss scaler is CUDA-only here): use bf16 or no")
+    return cfg.mixed_precision
+
+
+# ====================================================================== evaluation of saved weights
+
+
+def evaluate_weights(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays) -> int:
+    """--eval-only: test accuracy and a per-class table for a .safetensors file or a checkpoint."""
+    weights, metadata = ckpt.load_weights(Path(cfg.eval_only))
+    name = metadata.get("model", cfg.model)
+    net = build_net(name)
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as error:
+        raise BadInput(f"--eval-only {cfg.eval_only!r}: its weights do not fit net {name!r} ({error}); "
+                       "pass the --model it was trained as") from error
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    net, loader = accelerator.prepare(net, eval_loader(data.test_images, data.test_labels, data, cfg))
+    result = evaluate(accelerator, net, loader)
+    accelerator.print(f"{cfg.eval_only}: net {name}, test accuracy {result.accuracy:.2%} ({result.count:,} images), "
+                      f"loss {result.loss:.4f}")
+    accelerator.print(per_class_table(confusion_matrix(result.predictions, result.labels, len(data.classes)),
+                                      data.classes))
+    return 0
+
+
+# ====================================================================== W&B
+
+
+def start_wandb(cfg: TrainConfig, accelerator: Accelerator, report: NetReport, run_id: str | None) -> str | None:
+    """Start (or, with the id a checkpoint kept, continue) the W&B run; fail before training if W&B cannot work."""
+    mode = os.environ.get("WANDB_MODE", "online")
+    if mode not in ("offline", "disabled", "dryrun") and not (os.environ.get("WANDB_API_KEY") or _netrc_has_wandb()):
+        raise BadInput("--wandb: W&B has no API key (WANDB_API_KEY unset, no ~/.netrc entry): run `wandb login`, "
+                       "set WANDB_API_KEY, or set WANDB_MODE=offline to log locally and `wandb sync` later")
+    # Our own id, chosen before the run starts, so the checkpoint can carry it and a resume can reuse it.
+    [run_id] = broadcast_object_list([run_id or uuid.uuid4().hex[:12]])
+    config = {**cfg.to_dict(), "params": report.params, "receptive_field": report.receptive_field, "macs": report.macs}
+    try:
+        accelerator.init_trackers(cfg.wandb_project, config=config, init_kwargs={"wandb": {
+            "id": run_id, "resume": "allow", "group": cfg.wandb_group, "tags": list(cfg.wandb_tags),
+            "name": cfg.wandb_name or Path(cfg.output_dir).name, "dir": str(cfg.output_dir)}})
+    except Exception as error:  # wandb raises many types; any of them means no W&B run
+        raise BadInput(f"--wandb: W&B could not start a run ({type(error).__name__}: {error}); check "
+                       "`wandb login`/WANDB_API_KEY and the network, or set WANDB_MODE=offline") from error
+    if accelerator.is_main_process:
+        run = accelerator.get_tracker("wandb", unwrap=True)
+        run.define_metric("epoch/val_acc", summary="max")
+        run.define_metric("epoch/test_acc", summary="last")
+    return run_id
+
+
+def _netrc_has_wandb() -> bool:
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace")
+
+
+# ====================================================================== entry point
+
+
+def run(argv: list[str]) -> int:
+    """main() with the promised exit codes: bad input is a one-line message and exit 2, not a traceback."""
+    talk = int(os.environ.get("RANK", "0")) == 0
+    try:
+        return main(argv)
+    except (BadInput, ConfigError, CifarDataError, ckpt.CheckpointError) as error:
+        if talk:
+            print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))
