@@ -127,7 +127,8 @@ def main(argv: list[str]) -> int:
                               pin_memory=accelerator.device.type == "cuda", persistent_workers=cfg.num_workers > 0,
                               worker_init_fn=ignore_stop_signals)
     test_loader = eval_loader(data.test_images, data.test_labels, data, cfg)
-    val_loader = eval_loader(data.train_images[val_idx], data.train_labels[val_idx], data, cfg) if len(val_idx) else None
+    val_loader = (eval_loader(data.train_images[val_idx], data.train_labels[val_idx], data, cfg)
+                  if len(val_idx) else None)
     total_steps = cfg.epochs * batches.steps
 
     # ------------------------------------------------------------------ net, optimizer, schedule
@@ -148,7 +149,8 @@ def main(argv: list[str]) -> int:
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
     plain_net = accelerator.unwrap_model(model, keep_torch_compile=False)
-    ema = AveragedModel(plain_net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema else None
+    ema = (AveragedModel(plain_net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+           if cfg.ema else None)
     eval_net = ema.module if ema is not None else plain_net
 
     # ------------------------------------------------------------------ resume
@@ -169,9 +171,9 @@ def main(argv: list[str]) -> int:
         say(f"config ({out / 'config.yaml'}):")
         for key, value in cfg.to_dict().items():
             say(f"  {key}: {value}")
+        failed = [name for name, ok in report.constraints.items() if not ok]
         say(f"net {cfg.model}: {report.params:,} params, receptive field {report.receptive_field}, "
-            f"{report.macs / 1e6:.1f} MMACs/image, constraints "
-            f"{'all met' if report.meets_constraints else 'FAILED: ' + ', '.join(k for k, ok in report.constraints.items() if not ok)}")
+            f"{report.macs / 1e6:.1f} MMACs/image, constraints {'FAILED: ' + ', '.join(failed) if failed else 'all met'}")
         say(f"{hardware(accelerator)}; {len(train_set):,} training images, {len(val_idx):,} validation, "
             f"{len(data.test_labels):,} test; {batches.steps} steps/epoch, {total_steps} steps")
         if progress.global_step == 0:

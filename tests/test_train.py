@@ -143,10 +143,14 @@ def test_sigkill_anywhere_then_resume_auto_is_bit_identical(tiny: Path, straight
     assert_same_run(straight, out)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_75_then_resumes_exactly(tiny: Path, straight: Path,
-                                                                     tmp_path: Path) -> None:
+def test_sigterm_saves_a_checkpoint_and_exits_75_then_resumes_exactly(tiny: Path, tmp_path: Path) -> None:
+    """Also with --ema and --channels-last: the EMA's state is part of the checkpoint."""
+    args = [*BASE, "--data-dir", tiny, "--epochs", "2", "--ema", "--ema-decay", "0.9", "--channels-last"]
+    reference = tmp_path / "straight"
+    result = train(*args, "--output-dir", reference)
+    assert result.returncode == 0, result.stderr
     out = tmp_path / "run"
-    cmd = command(*BASE, "--data-dir", tiny, "--epochs", "3", "--output-dir", out, "--resume", "auto")
+    cmd = command(*args, "--output-dir", out, "--resume", "auto")
     process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while newest_step(out) < 2 and process.poll() is None:
         time.sleep(0.05)
@@ -156,11 +160,12 @@ def test_sigterm_saves_a_checkpoint_and_exits_75_then_resumes_exactly(tiny: Path
     assert "stopped by SIGTERM" in stderr and "--resume auto" in stderr
     step = newest_step(out)
     assert ckpt.verify_checkpoint(out / "checkpoints" / ckpt.checkpoint_name(step))
+    assert "ema" in ckpt.load_checkpoint(out / "checkpoints" / ckpt.checkpoint_name(step))
     assert not (out / "model.safetensors").exists()
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert f"step {step})" in result.stdout
-    assert_same_run(straight, out)
+    assert_same_run(reference, out)
 
 
 def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(tiny: Path, straight: Path, tmp_path: Path) -> None:
