@@ -173,7 +173,8 @@ def main(argv: list[str]) -> int:
             say(f"  {key}: {value}")
         failed = [name for name, ok in report.constraints.items() if not ok]
         say(f"net {cfg.model}: {report.params:,} params, receptive field {report.receptive_field}, "
-            f"{report.macs / 1e6:.1f} MMACs/image, constraints {'FAILED: ' + ', '.join(failed) if failed else 'all met'}")
+            f"{report.macs / 1e6:.1f} MMACs/image, "
+            f"constraints {'FAILED: ' + ', '.join(failed) if failed else 'all met'}")
         say(f"{hardware(accelerator)}; {len(train_set):,} training images, {len(val_idx):,} validation, "
             f"{len(data.test_labels):,} test; {batches.steps} steps/epoch, {total_steps} steps")
         if progress.global_step == 0:
@@ -220,8 +221,9 @@ def main(argv: list[str]) -> int:
     test = evaluate(accelerator, eval_net, test_loader)
     if main_process:
         write_results(cfg, out, eval_net, data, test, progress, report, accelerator, total_steps)
-        say(f"test accuracy {test.accuracy:.2%} on {test.count:,} images; best validation "
-            f"{'-' if progress.best_val_acc is None else f'{progress.best_val_acc:.2%} (epoch {progress.best_epoch})'}; "
+        best = ("-" if progress.best_val_acc is None
+                else f"{progress.best_val_acc:.2%} (epoch {progress.best_epoch})")
+        say(f"test accuracy {test.accuracy:.2%} on {test.count:,} images; best validation {best}; "
             f"{progress.train_seconds:.1f} s training; wrote {out}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -291,7 +293,8 @@ def run_epoch(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module
             if progress.global_step % cfg.log_every == 0 or progress.step_in_epoch == batches.steps:
                 lr = optimizer.param_groups[0]["lr"]
                 running_loss, running_correct, running_count = progress.running
-                bar.set_postfix(loss=f"{running_loss / running_count:.3f}", acc=f"{running_correct / running_count:.1%}",
+                bar.set_postfix(loss=f"{running_loss / running_count:.3f}",
+                                acc=f"{running_correct / running_count:.1%}",
                                 lr=f"{lr:.2e}", img_s=f"{images / (now - epoch_start):,.0f}")
                 accelerator.log({"train/loss": loss_sum / count, "train/acc": correct / count, "lr": lr,
                                  "images_per_second": images / (now - epoch_start)}, step=progress.global_step)
@@ -336,7 +339,8 @@ def evaluate(accelerator: Accelerator, net: torch.nn.Module, loader: DataLoader)
             bucket.append(value.cpu())
     net.train(was_training)
     loss, prediction, label = (torch.cat(bucket) for bucket in (losses, predictions, labels))
-    return Evaluation(loss=float(loss.double().sum() / len(loss)), accuracy=float((prediction == label).double().mean()),
+    return Evaluation(loss=float(loss.double().sum() / len(loss)),
+                      accuracy=float((prediction == label).double().mean()),
                       count=len(label), predictions=prediction.numpy(), labels=label.numpy())
 
 
