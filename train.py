@@ -44,6 +44,7 @@ from cifar.augment import (AugmentedDataset, PlainDataset, TrainBatches, build_t
                            epoch_permutation)
 from cifar.config import ConfigError, TrainConfig, parse_config, save_yaml, trajectory_differences
 from cifar.data import CifarArrays, CifarDataError, load_cifar, stratified_split, stratified_subset
+from cifar.files import write_atomic
 from cifar.metrics import confusion_matrix, per_class_table
 from cifar.nets import build_net
 from cifar.nets.analysis import NetReport, analyze_net
@@ -188,7 +189,7 @@ def main(argv: list[str]) -> int:
     try:
         while progress.epoch < cfg.epochs:
             seconds, images = run_epoch(
-                cfg, accelerator, model, optimizer, schedule, ema, train_loader, batches, progress, stop,
+                cfg, accelerator, model, plain_net, optimizer, schedule, ema, train_loader, batches, progress, stop,
                 lambda: save_training_state(checkpoints, cfg, accelerator, plain_net, optimizer, schedule, ema,
                                             progress))
             # The epoch is done: evaluate on the validation split (which alone selects best.safetensors) and test.
@@ -233,9 +234,10 @@ def main(argv: list[str]) -> int:
 # ====================================================================== the training steps
 
 
-def run_epoch(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any, schedule: Any,
-              ema: AveragedModel | None, train_loader: DataLoader, batches: TrainBatches, progress: Progress,
-              stop: StopRequest, checkpoint: Callable[[], None]) -> tuple[float, int]:
+def run_epoch(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module, plain_net: torch.nn.Module,
+              optimizer: Any, schedule: Any, ema: AveragedModel | None, train_loader: DataLoader,
+              batches: TrainBatches, progress: Progress, stop: StopRequest,
+              checkpoint: Callable[[], None]) -> tuple[float, int]:
     """Optimizer steps from ``progress.step_in_epoch`` to the epoch's end, checkpointing on the way; returns
     the seconds and images of this process's share of the epoch (all of it unless resumed mid-epoch).
 
@@ -245,13 +247,12 @@ def run_epoch(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module
     batches.set_epoch(progress.epoch, progress.step_in_epoch)
     epoch_start = segment_start = time.perf_counter()
     images = 0
-    n_train = batches.n
     model.train()
     micro_batches = iter(train_loader)
     with tqdm(total=batches.steps, initial=progress.step_in_epoch, desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
               disable=not accelerator.is_main_process, dynamic_ncols=True, leave=False) as bar:
         while progress.step_in_epoch < batches.steps:
-            step_images = min(cfg.batch_size, n_train - progress.step_in_epoch * cfg.batch_size)
+            step_images = batches.step_size(progress.step_in_epoch)
             totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
             for micro in range(cfg.grad_accum):
                 inputs, labels = next(micro_batches)
@@ -274,7 +275,7 @@ def run_epoch(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module
             optimizer.zero_grad(set_to_none=True)
             schedule.step()
             if ema is not None and not optimizer.step_was_skipped:
-                ema.update_parameters(accelerator.unwrap_model(model, keep_torch_compile=False))
+                ema.update_parameters(plain_net)
             totals[3] = float(stop.requested is not None)
             loss_sum, correct, count, stops = accelerator.reduce(totals, "sum").tolist()
             if not math.isfinite(loss_sum):
@@ -509,13 +510,7 @@ def save_net(net: torch.nn.Module, path: Path, cfg: TrainConfig) -> None:
 def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite metrics.jsonl from the run's history (kept in every checkpoint), so a resumed run's file holds
     each epoch once."""
-    write_atomic(out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    write_atomic(out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history).encode())
 
 
 def write_results(cfg: TrainConfig, out: Path, net: torch.nn.Module, data: CifarArrays, test: Evaluation,
@@ -527,7 +522,7 @@ def write_results(cfg: TrainConfig, out: Path, net: torch.nn.Module, data: Cifar
                "receptive_field": report.receptive_field, "macs": report.macs,
                "constraints": report.constraints, "train_seconds": progress.train_seconds,
                "hardware": hardware(accelerator)}
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_atomic(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     figures = out / "plots"
     matrix = confusion_matrix(test.predictions, test.labels, len(data.classes))
     paths = {

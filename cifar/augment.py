@@ -257,10 +257,14 @@ class TrainBatches(Sampler[list[tuple[int, int]]]):
             raise ValueError(f"start_step {start_step} is not in [0, {self.steps}]")
         self.epoch, self.start_step = epoch, start_step
 
+    def step_size(self, step: int) -> int:
+        """Images in optimizer step ``step``'s global batch (the last one may be smaller)."""
+        return min(self.batch_size, self.n - step * self.batch_size)
+
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch, order = self.epoch, epoch_permutation(self.seed, self.epoch, self.n)
         for step in range(self.start_step, self.steps):
-            batch = order[step * self.batch_size:(step + 1) * self.batch_size]
+            batch = order[step * self.batch_size:step * self.batch_size + self.step_size(step)]
             for micro in np.array_split(batch, self.grad_accum):
                 yield [(epoch, int(index)) for index in np.array_split(micro, self.world_size)[self.rank]]
 

@@ -34,6 +34,8 @@ import safetensors
 import safetensors.torch
 import torch
 
+from cifar.files import fsync_dir, write_atomic, write_durably
+
 CHECKPOINT_FORMAT = 1
 MANIFEST = "manifest.json"
 WEIGHTS_PAYLOAD = "model"
@@ -91,11 +93,11 @@ def write_checkpoint(directory: Path, step: int, payloads: Mapping[str, Any], me
     try:
         for stem, obj in payloads.items():
             data = _serialize(stem, obj)
-            _write_durably(temp / f"{stem}.pt", data)
+            write_durably(temp / f"{stem}.pt", data)
             files[f"{stem}.pt"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         manifest = {"format": CHECKPOINT_FORMAT, "step": step, "meta": manifest_meta, "files": files}
-        _write_durably(temp / MANIFEST, json.dumps(manifest, indent=2).encode())
-        _fsync_dir(temp)
+        write_durably(temp / MANIFEST, json.dumps(manifest, indent=2).encode())
+        fsync_dir(temp)
         target = directory / name
         _install(temp, target)
     except BaseException:
@@ -230,23 +232,13 @@ def plain_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_weights(state_dict: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> Path:
     """Write ``state_dict`` (see :func:`plain_state_dict`) and ``metadata`` as a safetensors file at ``path``.
 
-    The file appears complete or not at all: it is written beside ``path`` under a ``.tmp-`` name and renamed.
+    The file appears complete or not at all (:func:`cifar.files.write_atomic`).
     """
     bad = [key for key, value in metadata.items() if not isinstance(key, str) or not isinstance(value, str)]
     if bad:
         raise ValueError(f"safetensors metadata must map str to str; {bad!r} do not: convert the values with "
                          "str() or json.dumps()")
-    data = safetensors.torch.save(dict(state_dict), metadata=dict(metadata))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f"{_TEMP_PREFIX}{path.name}-{uuid.uuid4().hex}")
-    try:
-        _write_durably(temp, data)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return write_atomic(path, safetensors.torch.save(dict(state_dict), metadata=dict(metadata)))
 
 
 def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -384,27 +376,6 @@ def _temp_path(directory: Path, name: str) -> Path:
     return directory / f"{_TEMP_PREFIX}{name}-{uuid.uuid4().hex}"
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    with open(path, "xb") as stream:
-        stream.write(data)
-        stream.flush()
-        os.fsync(stream.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make renames and new entries in ``path`` durable; some filesystems cannot fsync a folder."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _exchange(a: Path, b: Path) -> bool:
     """Swap the names ``a`` and ``b`` atomically; False where the kernel or filesystem cannot (NFS, non-Linux)."""
     if _renameat2 is None:
@@ -421,7 +392,7 @@ def _install(new: Path, target: Path) -> None:
     """Rename the complete folder ``new`` to ``target``, replacing any checkpoint already there."""
     if not target.exists():
         os.rename(new, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return
     if _exchange(new, target):
         old = new
@@ -435,14 +406,14 @@ def _install(new: Path, target: Path) -> None:
         except OSError:
             os.rename(old, target)
             raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     shutil.rmtree(old)
 
 
 def _remove_checkpoint(path: Path) -> None:
     hidden = _temp_path(path.parent, path.name)
     os.rename(path, hidden)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     shutil.rmtree(hidden)
 
 

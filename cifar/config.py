@@ -81,8 +81,9 @@ class TrainConfig:
     wandb_tags: tuple[str, ...] = _setting((), "W&B tags, comma-separated")
 
     def __post_init__(self) -> None:
+        kinds = _field_types()
         for f in dataclasses.fields(self):
-            _check_type(f.name, getattr(self, f.name), _field_types()[f.name])
+            _check_type(f.name, getattr(self, f.name), kinds[f.name])
             choices = _choices(f)
             if choices is not None and getattr(self, f.name) not in choices:
                 raise ConfigError(f"{_flag(f.name)} {getattr(self, f.name)!r} is not valid; choose one of: "

@@ -12,10 +12,9 @@ float NCHW batches back into it.
 
 from __future__ import annotations
 
+import io
 import math
 import numbers
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from cifar.files import write_atomic
 from cifar.metrics import _check_matrix
 
 _DPI = 120
@@ -222,16 +222,6 @@ def _save(figure: Figure, path: Path) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"path must end in .png; got {str(path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            figure.savefig(file, format="png")
-            file.flush()
-            os.fsync(file.fileno())  # so a crash right after the rename cannot leave an empty PNG in its place
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; the run folder's plots are for everyone to read
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return write_atomic(path, buffer.getvalue())
