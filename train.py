@@ -9,7 +9,8 @@ best.safetensors (chosen on --val-size images, never on the test set), plots/ an
 
 Exit codes: 0 done; 1 unexpected error; 2 bad input (flags, config, data, checkpoint, W&B setup);
 3 the loss became non-finite (the last good checkpoint is kept); 75 stopped by SIGTERM or SIGUSR1 after saving
-a checkpoint (run the same command with --resume auto to continue).
+a checkpoint (run the same command with --resume auto to continue). SIGUSR1 means "out of time, come back later":
+inside a SLURM job the main process then also requeues the job (see slurm/).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from cifar.nets import build_net
 from cifar.nets.analysis import NetReport, analyze_net
 from cifar.optim import build_optimizer
 from cifar.schedulers import build_schedule, schedule_lr
+from cifar.slurm import RequeueError, requeue, requeue_target
 from cifar.sync_bn import convert_sync_batchnorm
 
 EXIT_BAD_INPUT = 2
@@ -63,9 +65,10 @@ class BadInput(Exception):
 
 
 class RunStopped(Exception):
-    def __init__(self, message: str, code: int) -> None:
+    def __init__(self, message: str, code: int, requeue: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.requeue = requeue
 
 
 @dataclass
@@ -84,7 +87,7 @@ class Progress:
     wandb_run_id: str | None = None
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], stop: StopRequest) -> int:
     # ------------------------------------------------------------------ settings
     # Every process parses the same flags; only the main one talks, so N processes do not print N errors.
     cfg = parse_config(argv)
@@ -184,8 +187,6 @@ def main(argv: list[str]) -> int:
         progress.wandb_run_id = start_wandb(cfg, accelerator, report, progress.wandb_run_id)
 
     # ------------------------------------------------------------------ train
-    stop = StopRequest()
-    stop.install()
     try:
         while progress.epoch < cfg.epochs:
             seconds, images = run_epoch(
@@ -213,9 +214,13 @@ def main(argv: list[str]) -> int:
         if main_process:
             print(stopped, file=sys.stderr)
         accelerator.end_training()
+        if stopped.requeue and main_process:
+            if cfg.wandb:  # W&B's service process must be done before SLURM ends every process of the job
+                import wandb
+                wandb.teardown()
+            # Last, because SLURM ends this allocation as soon as it takes the job back.
+            requeue_own_job(say)
         return stopped.code
-    finally:
-        stop.uninstall()
 
     # ------------------------------------------------------------------ results
     sync_buffers(accelerator, eval_net)
@@ -253,7 +258,7 @@ def run_epoch(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module
               disable=not accelerator.is_main_process, dynamic_ncols=True, leave=False) as bar:
         while progress.step_in_epoch < batches.steps:
             step_images = batches.step_size(progress.step_in_epoch)
-            totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
+            totals = torch.zeros(5, dtype=torch.float64, device=accelerator.device)
             for micro in range(cfg.grad_accum):
                 inputs, labels = next(micro_batches)
                 inputs = inputs.to(accelerator.device, non_blocking=True)
@@ -276,8 +281,8 @@ def run_epoch(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module
             schedule.step()
             if ema is not None and not optimizer.step_was_skipped:
                 ema.update_parameters(plain_net)
-            totals[3] = float(stop.requested is not None)
-            loss_sum, correct, count, stops = accelerator.reduce(totals, "sum").tolist()
+            totals[3], totals[4] = float(stop.requested is not None), float(stop.requeue)
+            loss_sum, correct, count, stops, requeues = accelerator.reduce(totals, "sum").tolist()
             if not math.isfinite(loss_sum):
                 raise RunStopped(
                     f"error: the training loss became non-finite ({loss_sum}) at step {progress.global_step + 1} "
@@ -304,7 +309,7 @@ def run_epoch(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module
                 checkpoint()
                 raise RunStopped(f"stopped by {stop.requested or 'a signal to another process'} at step "
                                  f"{progress.global_step}; checkpoint saved. Run the same command with --resume auto "
-                                 "to continue.", EXIT_STOPPED)
+                                 "to continue.", EXIT_STOPPED, requeue=requeues > 0)
             mid_epoch = progress.step_in_epoch < batches.steps
             if cfg.checkpoint_every and progress.global_step % cfg.checkpoint_every == 0 and mid_epoch:
                 progress.train_seconds += now - segment_start
@@ -373,14 +378,17 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
 
 
 class StopRequest:
-    """Remembers a SIGTERM/SIGUSR1; the training loop acts on it at the next step boundary."""
+    """Remembers a SIGTERM/SIGUSR1 (from the first moment of the run: one that arrives while data loads is not
+    lost); the training loop acts on it at the next step boundary. SIGUSR1 also asks for a requeue."""
 
     def __init__(self) -> None:
         self.requested: str | None = None
+        self.requeue = False
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = signal.Signals(signum).name
+        self.requested = self.requested or signal.Signals(signum).name
+        self.requeue = self.requeue or signum == signal.SIGUSR1
 
     def install(self) -> None:
         self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
@@ -388,6 +396,20 @@ class StopRequest:
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def requeue_own_job(say: Callable[..., None]) -> None:
+    """Give a preempted or timed-out SLURM job back to the queue; its restart resumes from the checkpoint."""
+    job = requeue_target(os.environ)
+    if job is None:
+        return
+    try:
+        requeue(job)
+    except RequeueError as error:
+        say(f"warning: could not requeue SLURM job {job} ({error}); submit the same job again to resume",
+            file=sys.stderr)
+        return
+    say(f"requeued SLURM job {job}: it resumes from the checkpoint when it starts again")
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -516,7 +538,7 @@ def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
 def write_results(cfg: TrainConfig, out: Path, net: torch.nn.Module, data: CifarArrays, test: Evaluation,
                   progress: Progress, report: NetReport, accelerator: Accelerator, total_steps: int) -> None:
     save_net(net, out / "model.safetensors", cfg)
-    summary = {"model": cfg.model, "test_acc": test.accuracy, "test_loss": test.loss, "test_images": test.count,
+    summary = {"model": cfg.model, "seed": cfg.seed, "test_acc": test.accuracy, "test_loss": test.loss, "test_images": test.count,
                "best_val_acc": progress.best_val_acc, "best_epoch": progress.best_epoch,
                "epochs": cfg.epochs, "steps": progress.global_step, "params": report.params,
                "receptive_field": report.receptive_field, "macs": report.macs,
@@ -635,12 +657,16 @@ def _netrc_has_wandb() -> bool:
 def run(argv: list[str]) -> int:
     """main() with the promised exit codes: bad input is a one-line message and exit 2, not a traceback."""
     talk = int(os.environ.get("RANK", "0")) == 0
+    stop = StopRequest()
+    stop.install()
     try:
-        return main(argv)
+        return main(argv, stop)
     except (BadInput, ConfigError, CifarDataError, ckpt.CheckpointError) as error:
         if talk:
             print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        stop.uninstall()
 
 
 if __name__ == "__main__":
