@@ -42,10 +42,11 @@ from tqdm.auto import tqdm
 from cifar import checkpoint as ckpt
 from cifar import plots
 from cifar.augment import (AugmentedDataset, PlainDataset, TrainBatches, build_test_transform, build_train_transform,
-                           epoch_permutation)
+                           epoch_permutation, train_loader)
 from cifar.config import ConfigError, TrainConfig, parse_config, save_yaml, trajectory_differences
 from cifar.data import CifarArrays, CifarDataError, load_cifar, stratified_split, stratified_subset
 from cifar.files import write_atomic
+from cifar.hardware import device_name, peak_memory_mb
 from cifar.metrics import confusion_matrix, per_class_table
 from cifar.nets import build_net
 from cifar.nets.analysis import NetReport, analyze_net
@@ -127,9 +128,8 @@ def main(argv: list[str], stop: StopRequest) -> int:
                        f"{error}") from error
     train_set = AugmentedDataset(data.train_images[train_idx], data.train_labels[train_idx],
                                  build_train_transform(cfg.augment, data.mean, data.std), cfg.seed)
-    train_loader = DataLoader(train_set, batch_sampler=batches, num_workers=cfg.num_workers,
-                              pin_memory=accelerator.device.type == "cuda", persistent_workers=cfg.num_workers > 0,
-                              worker_init_fn=ignore_stop_signals)
+    loader = train_loader(train_set, batches, cfg.num_workers, pin_memory=accelerator.device.type == "cuda",
+                          worker_init_fn=ignore_stop_signals)
     test_loader = eval_loader(data.test_images, data.test_labels, data, cfg)
     val_loader = (eval_loader(data.train_images[val_idx], data.train_labels[val_idx], data, cfg)
                   if len(val_idx) else None)
@@ -190,7 +190,7 @@ def main(argv: list[str], stop: StopRequest) -> int:
     try:
         while progress.epoch < cfg.epochs:
             seconds, images = run_epoch(
-                cfg, accelerator, model, plain_net, optimizer, schedule, ema, train_loader, batches, progress, stop,
+                cfg, accelerator, model, plain_net, optimizer, schedule, ema, loader, batches, progress, stop,
                 lambda: save_training_state(checkpoints, cfg, accelerator, plain_net, optimizer, schedule, ema,
                                             progress))
             # The epoch is done: evaluate on the validation split (which alone selects best.safetensors) and test.
@@ -240,7 +240,7 @@ def main(argv: list[str], stop: StopRequest) -> int:
 
 
 def run_epoch(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module, plain_net: torch.nn.Module,
-              optimizer: Any, schedule: Any, ema: AveragedModel | None, train_loader: DataLoader,
+              optimizer: Any, schedule: Any, ema: AveragedModel | None, loader: DataLoader,
               batches: TrainBatches, progress: Progress, stop: StopRequest,
               checkpoint: Callable[[], None]) -> tuple[float, int]:
     """Optimizer steps from ``progress.step_in_epoch`` to the epoch's end, checkpointing on the way; returns
@@ -253,7 +253,7 @@ def run_epoch(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module
     epoch_start = segment_start = time.perf_counter()
     images = 0
     model.train()
-    micro_batches = iter(train_loader)
+    micro_batches = iter(loader)
     with tqdm(total=batches.steps, initial=progress.step_in_epoch, desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
               disable=not accelerator.is_main_process, dynamic_ncols=True, leave=False) as bar:
         while progress.step_in_epoch < batches.steps:
@@ -538,12 +538,13 @@ def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
 def write_results(cfg: TrainConfig, out: Path, net: torch.nn.Module, data: CifarArrays, test: Evaluation,
                   progress: Progress, report: NetReport, accelerator: Accelerator, total_steps: int) -> None:
     save_net(net, out / "model.safetensors", cfg)
-    summary = {"model": cfg.model, "seed": cfg.seed, "test_acc": test.accuracy, "test_loss": test.loss, "test_images": test.count,
+    summary = {"model": cfg.model, "seed": cfg.seed, "test_acc": test.accuracy, "test_loss": test.loss,
+               "test_images": test.count,
                "best_val_acc": progress.best_val_acc, "best_epoch": progress.best_epoch,
                "epochs": cfg.epochs, "steps": progress.global_step, "params": report.params,
                "receptive_field": report.receptive_field, "macs": report.macs,
                "constraints": report.constraints, "train_seconds": progress.train_seconds,
-               "hardware": hardware(accelerator)}
+               "peak_memory_mb": peak_memory_mb(accelerator.device), "hardware": hardware(accelerator)}
     write_atomic(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     figures = out / "plots"
     matrix = confusion_matrix(test.predictions, test.labels, len(data.classes))
@@ -576,10 +577,9 @@ def plot_augmented_samples(train_set: AugmentedDataset, data: CifarArrays, cfg: 
 
 
 def hardware(accelerator: Accelerator) -> str:
-    device = accelerator.device
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    return (f"{accelerator.num_processes} process(es) on {name}, {accelerator.distributed_type.value}, "
-            f"mixed precision {accelerator.mixed_precision}, torch {torch.__version__}")
+    return (f"{accelerator.num_processes} process(es) on {device_name(accelerator.device)}, "
+            f"{accelerator.distributed_type.value}, mixed precision {accelerator.mixed_precision}, "
+            f"torch {torch.__version__}")
 
 
 def eval_loader(images: np.ndarray, labels: np.ndarray, data: CifarArrays, cfg: TrainConfig) -> DataLoader:

@@ -81,7 +81,8 @@ def runs_table(runs: list[RunResult], stats: dict[str, object], unfinished: list
                      f"{run.epochs:>6} {_pct(run.test_acc):>9} {_pct(run.best_val_acc):>9} "
                      f"{run.train_seconds:>9.1f}")
     lines.append("-" * len(header))
-    lines.append(f"{stats['runs']} run(s): test acc {_mean_pm_std(stats['test_acc_mean'], stats['test_acc_std'], True)}, "
+    test_acc = _mean_pm_std(stats["test_acc_mean"], stats["test_acc_std"], True)
+    lines.append(f"{stats['runs']} run(s): test acc {test_acc}, "
                  f"best val {_mean_pm_std(stats['best_val_acc_mean'], stats['best_val_acc_std'], True)}, "
                  f"train {_mean_pm_std(stats['train_seconds_mean'], stats['train_seconds_std'], False)} s "
                  "(mean ± sample std)")

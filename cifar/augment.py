@@ -15,7 +15,7 @@ the number of workers, processes, batch size, or where a resumed run starts.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
@@ -24,7 +24,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cifar.data import IMAGE_SHAPE, Stream, keyed_rng, reseed
 
@@ -303,6 +303,13 @@ class AugmentedDataset(Dataset[tuple[torch.Tensor, int]]):
         reseed(self._numpy_random, self._python_random, self.seed, Stream.AUGMENT, epoch, index)
         self.transform.set_random_state(self._numpy_random, self._python_random)
         return _to_tensor(self.transform(image=self.images[index])["image"]), int(self.labels[index])
+
+
+def train_loader(dataset: AugmentedDataset, batches: TrainBatches, num_workers: int, pin_memory: bool,
+                 worker_init_fn: Callable[[int], None] | None = None) -> DataLoader:
+    """The training DataLoader: ``batches`` picks the keys, workers stay up across epochs."""
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=num_workers > 0, worker_init_fn=worker_init_fn)
 
 
 class PlainDataset(Dataset[tuple[torch.Tensor, int]]):

@@ -2,6 +2,11 @@
 # `accelerate launch` on every node of the job, forwards the scheduler's USR1 warning to the training
 # processes, and waits. The two templates differ only in their #SBATCH lines.
 
+if [ -z "${SLURM_JOB_ID:-}" ]; then
+    echo "error: SLURM_JOB_ID is not set: submit this template with sbatch (see the README's cluster section)" >&2
+    exit 2
+fi
+
 # ---------------------------------------------------------------- site settings
 # Export any of these before `sbatch` to change them (sbatch hands the submitting shell's environment to the job).
 CIFAR_ACTIVATE=${CIFAR_ACTIVATE:-.venv/bin/activate}  # sourced to activate the Python environment; "" for none
@@ -23,6 +28,11 @@ fi
 # Start every node's `accelerate launch` with train.py and the given train.py arguments; return its status.
 train_on_every_node() {
     if [ -n "$CIFAR_ACTIVATE" ]; then
+        if [ ! -f "$CIFAR_ACTIVATE" ]; then
+            echo "error: CIFAR_ACTIVATE=$CIFAR_ACTIVATE does not exist (in $PWD): create the environment as the" \
+                 "README says, or export CIFAR_ACTIVATE=/path/to/bin/activate (\"\" to use the job's PATH)" >&2
+            return 2
+        fi
         # shellcheck disable=SC1090
         . "$CIFAR_ACTIVATE"
     fi

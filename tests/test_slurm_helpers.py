@@ -87,3 +87,16 @@ def test_cli_table_json_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFix
                           capture_output=True, text=True)
     assert done.returncode == 2
     assert "none of the folders holds a finished run" in done.stderr
+
+
+@pytest.mark.parametrize("template", ["train.sbatch", "train_multinode.sbatch"])
+def test_templates_refuse_to_run_outside_a_job_or_without_their_environment(template: str, tmp_path: Path) -> None:
+    script = ROOT / "slurm" / template
+    clean = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run(["bash", str(script)], cwd=ROOT, env=clean, capture_output=True, text=True)
+    assert done.returncode == 2 and "submit this template with sbatch" in done.stderr
+    done = subprocess.run(["bash", str(script)], cwd=tmp_path, env=clean, capture_output=True, text=True)
+    assert done.returncode == 2 and "submit from the repository root, or export CIFAR_DIR" in done.stderr
+    in_job = {**clean, "SLURM_JOB_ID": "5", "CIFAR_ACTIVATE": str(tmp_path / "no-venv" / "bin" / "activate")}
+    done = subprocess.run(["bash", str(script)], cwd=ROOT, env=in_job, capture_output=True, text=True)
+    assert done.returncode == 2 and "no-venv/bin/activate does not exist" in done.stderr

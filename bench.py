@@ -1,0 +1,291 @@
+"""How fast training is, and what limits it: one command, one JSON object, one readable line per measurement.
+
+    python bench.py --data-dir data --model seed002 --batch-size 128 --cpu          # the CPU target
+    python bench.py --data-dir data --model c4net --batch-size 512 --channels-last  # a GPU
+
+Four measurements, all on the same net, batch size and machine, in this run:
+  data      our training DataLoader alone (decode-free uint8 arrays -> albumentations -> tensors), images/s
+  model     forward + backward + optimizer step on one batch already on the device, images/s, peak memory
+  trainer   train.py itself in a subprocess (2 epochs on --train-images images; with --processes N through
+            `accelerate launch`): the second epoch's training images/s (after warm-up, compilation and worker
+            start-up), seconds per 50,000-image epoch, peak memory of the main process
+  baseline  a loop written the way the seeds train: a torchvision-style dataset that makes each uint8 image
+            a PIL image and back, albumentations in 2 DataLoader workers, fp32, NCHW, SGD + OneCycle, a
+            host sync (.item()) and a progress-bar update every step
+and the trainer's images/s as a ratio to the baseline's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import torch
+import torch.nn.functional as F
+from albumentations.pytorch import ToTensorV2
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from cifar.augment import AugmentedDataset, TrainBatches, build_train_transform, train_loader
+from cifar.data import CifarArrays, CifarDataError, load_cifar
+from cifar.hardware import device_name, peak_memory_mb
+from cifar.nets import DEFAULT_NET, build_net, list_nets
+from cifar.optim import build_optimizer
+
+ROOT = Path(__file__).resolve().parent
+FULL_EPOCH = 50_000
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--data-dir", default="data", help="CIFAR-10 as train.py reads it")
+    parser.add_argument("--model", default=DEFAULT_NET, choices=list_nets())
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"),
+                        help="for the model and trainer measurements (the baseline is always fp32)")
+    parser.add_argument("--num-workers", type=int, default=2, help="our trainer's DataLoader workers")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="trainer processes (accelerate launch; on a CPU each gets cores/processes threads)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the net (model and trainer)")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC memory format (model and trainer)")
+    parser.add_argument("--augment", default="default", help="augmentation preset (all measurements)")
+    parser.add_argument("--cpu", action="store_true", help="measure on the CPU even if a GPU is present")
+    parser.add_argument("--train-images", type=int, default=None,
+                        help="images per trainer epoch (default: 5,120 on a CPU, 50,000 on a GPU)")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps of the data, model and baseline loops")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("data", "model", "trainer", "baseline"),
+                        help="measurements to leave out")
+    parser.add_argument("--json", type=Path, help="also write the JSON object to this file")
+    return parser.parse_args(argv)
+
+
+@dataclass
+class Timing:
+    images_per_second: float
+    peak_memory_mb: float | None = None
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    try:
+        data = load_cifar(args.data_dir)
+    except CifarDataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    needed = (args.warmup + args.steps) * args.batch_size
+    if needed > len(data.train_labels):
+        print(f"error: --warmup {args.warmup} + --steps {args.steps} batches of {args.batch_size} need {needed:,} "
+              f"training images, {args.data_dir} has {len(data.train_labels):,}: lower --steps or --batch-size",
+              file=sys.stderr)
+        return 2
+    results: dict[str, Any] = {"hardware": hardware(device), "torch": torch.__version__, "model": args.model,
+                               "batch_size": args.batch_size, "mixed_precision": args.mixed_precision,
+                               "num_workers": args.num_workers, "compile": args.compile,
+                               "channels_last": args.channels_last, "augment": args.augment,
+                               "processes": args.processes}
+    print(f"{results['hardware']}; {args.model}, batch {args.batch_size}, {args.mixed_precision}, "
+          f"{args.num_workers} workers, compile {args.compile}, channels_last {args.channels_last}, "
+          f"{args.processes} trainer process(es)", flush=True)
+
+    # Data alone: can the pipeline keep up with the model?
+    if "data" not in args.skip:
+        results["data_images_per_second"] = data_pipeline_speed(data, args)
+        say("data pipeline", results["data_images_per_second"])
+    # Model alone: the ceiling for this net, precision and layout on this device.
+    if "model" not in args.skip:
+        timing = model_speed(args, device)
+        results["model_images_per_second"], results["model_peak_memory_mb"] = (timing.images_per_second,
+                                                                               timing.peak_memory_mb)
+        say("model only", timing.images_per_second, timing.peak_memory_mb)
+    # The trainer as users run it, plumbing included.
+    if "trainer" not in args.skip:
+        trainer = trainer_speed(args, device)
+        results.update(trainer)
+        say("trainer (train.py)", trainer["trainer_images_per_second"], trainer["trainer_peak_memory_mb"],
+            f"{trainer['seconds_per_epoch']:.1f} s per 50,000-image epoch")
+    # The seeds' loop, same net and batch, for the ratio.
+    if "baseline" not in args.skip:
+        timing = baseline_speed(data, args, device)
+        results["baseline_images_per_second"] = timing.images_per_second
+        say("seed-style baseline", timing.images_per_second, timing.peak_memory_mb)
+    if "trainer_images_per_second" in results and "baseline_images_per_second" in results:
+        results["trainer_vs_baseline"] = results["trainer_images_per_second"] / results["baseline_images_per_second"]
+        print(f"trainer / baseline: {results['trainer_vs_baseline']:.2f}x")
+    print(json.dumps(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def say(what: str, images_per_second: float, peak_memory_mb: float | None = None, extra: str = "") -> None:
+    memory = f", peak memory {peak_memory_mb:,.0f} MB" if peak_memory_mb is not None else ""
+    print(f"{what:<22} {images_per_second:>10,.0f} img/s{memory}{', ' + extra if extra else ''}", flush=True)
+
+
+# ====================================================================== the measurements
+
+
+def data_pipeline_speed(data: CifarArrays, args: argparse.Namespace) -> float:
+    dataset = AugmentedDataset(data.train_images, data.train_labels,
+                               build_train_transform(args.augment, data.mean, data.std), seed=0)
+    loader = train_loader(dataset, TrainBatches(len(dataset), seed=0, batch_size=args.batch_size),
+                          args.num_workers, pin_memory=False)
+    batches = iter(loader)
+    for _ in range(args.warmup):
+        next(batches)
+    start, images = time.perf_counter(), 0
+    for _ in range(args.steps):
+        images += len(next(batches)[1])
+    return images / (time.perf_counter() - start)
+
+
+def model_speed(args: argparse.Namespace, device: torch.device) -> Timing:
+    torch.manual_seed(0)
+    net = build_net(args.model).to(device)
+    if args.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(net, "sgd", lr=0.01, weight_decay=5e-4, momentum=0.9, nesterov=True)
+    step = torch.compile(net) if args.compile else net
+    inputs = torch.randn(args.batch_size, 3, 32, 32, device=device)
+    if args.channels_last:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (args.batch_size,), device=device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
+    net.train()
+
+    def train_step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = F.cross_entropy(step(inputs).float(), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    reset_peak_memory(device)
+    for _ in range(args.warmup):
+        train_step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        train_step()
+    synchronize(device)
+    return Timing(args.steps * args.batch_size / (time.perf_counter() - start), peak_memory_mb(device))
+
+
+def trainer_speed(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    images = args.train_images or (FULL_EPOCH if device.type == "cuda" else 5120)
+    with tempfile.TemporaryDirectory(prefix="bench-") as out:
+        env = dict(os.environ)
+        launcher = [sys.executable]
+        if args.processes > 1:
+            launcher = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu",
+                        "--num_processes", str(args.processes), "--num_machines", "1", "--mixed_precision", "no",
+                        "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+            if device.type == "cpu":  # else every process would run one thread per core
+                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.processes))
+        command = [*launcher, str(ROOT / "train.py"), "--data-dir", args.data_dir, "--model", args.model,
+                   "--batch-size", str(args.batch_size), "--mixed-precision", args.mixed_precision,
+                   "--num-workers", str(args.num_workers), "--augment", args.augment, "--epochs", "2",
+                   "--val-size", "0", "--checkpoint-every", "0", "--output-dir", out]
+        command += ["--subset", str(images)] if images < FULL_EPOCH else []
+        command += ["--cpu"] if device.type == "cpu" else []
+        command += ["--compile"] if args.compile else []
+        command += ["--channels-last"] if args.channels_last else []
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            raise SystemExit(f"error: train.py failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+        summary = json.loads((Path(out) / "summary.json").read_text())
+    steady = rows[-1]["images_per_second"]
+    return {"trainer_images_per_second": steady, "seconds_per_epoch": FULL_EPOCH / steady,
+            "trainer_train_images": images, "trainer_peak_memory_mb": summary["peak_memory_mb"]}
+
+
+class SeedStyleCIFAR(Dataset):
+    """As the seeds load data: torchvision's CIFAR10 makes each uint8 array a PIL image, and the seeds'
+    albumentations wrapper turns it back into an array before its pipeline (which ends in ToTensorV2)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: A.Compose) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = np.array(Image.fromarray(self.images[index]))
+        return self.transform(image=image)["image"], int(self.labels[index])
+
+
+def baseline_speed(data: CifarArrays, args: argparse.Namespace, device: torch.device) -> Timing:
+    transform = A.Compose([*build_train_transform(args.augment, data.mean, data.std).transforms, ToTensorV2()])
+    loader = DataLoader(SeedStyleCIFAR(data.train_images, data.train_labels, transform),
+                        batch_size=args.batch_size, shuffle=True, num_workers=2)
+    torch.manual_seed(0)
+    net = build_net(args.model).to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=len(loader))
+    net.train()
+    reset_peak_memory(device)
+    correct = processed = 0
+    bar = tqdm(loader, file=io.StringIO())  # the seeds' progress bar, updated every step, not shown here
+    for step, (inputs, labels) in enumerate(bar):
+        if step == args.warmup:
+            synchronize(device)
+            start = time.perf_counter()
+        if step == args.warmup + args.steps:
+            break
+        inputs, labels = inputs.to(device), labels.to(device)
+        optimizer.zero_grad()
+        outputs = net(inputs)
+        loss = F.cross_entropy(outputs, labels)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        correct += outputs.argmax(dim=1).eq(labels).sum().item()
+        processed += len(inputs)
+        bar.set_description(f"Loss={loss.item():.4f} Batch_id={step} Accuracy={100 * correct / processed:.2f}")
+    synchronize(device)
+    return Timing(args.steps * args.batch_size / (time.perf_counter() - start), peak_memory_mb(device))
+
+
+# ====================================================================== device helpers
+
+
+def hardware(device: torch.device) -> str:
+    threads = f", {torch.get_num_threads()} torch threads" if device.type == "cpu" else ""
+    return device_name(device) + threads
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
