@@ -161,7 +161,7 @@ def model_speed(args: argparse.Namespace, device: torch.device) -> Timing:
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(net, "sgd", lr=0.01, weight_decay=5e-4, momentum=0.9, nesterov=True)
-    step = torch.compile(net) if args.compile else net
+    forward = torch.compile(net) if args.compile else net
     inputs = torch.randn(args.batch_size, 3, 32, 32, device=device)
     if args.channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -171,7 +171,7 @@ def model_speed(args: argparse.Namespace, device: torch.device) -> Timing:
 
     def train_step() -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = F.cross_entropy(step(inputs).float(), labels)
+            loss = F.cross_entropy(forward(inputs).float(), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

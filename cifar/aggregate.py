@@ -51,9 +51,12 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def aggregate(runs: list[RunResult]) -> dict[str, object]:
+Stats = dict[str, float | int | None]
+
+
+def aggregate(runs: list[RunResult]) -> Stats:
     """Mean and sample standard deviation (None for fewer than two runs) of each run statistic."""
-    result: dict[str, object] = {"runs": len(runs)}
+    result: Stats = {"runs": len(runs)}
     columns = {"test_acc": [r.test_acc for r in runs],
                "best_val_acc": [r.best_val_acc for r in runs if r.best_val_acc is not None],
                "train_seconds": [r.train_seconds for r in runs]}
@@ -66,14 +69,15 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
 
 
-def _mean_pm_std(mean: object, std: object, percent: bool) -> str:
+def _mean_pm_std(stats: Stats, name: str, percent: bool) -> str:
+    mean, std = stats[f"{name}_mean"], stats[f"{name}_std"]
     if mean is None:
         return "-"
     show = _pct if percent else (lambda v: f"{v:.1f}")
-    return show(mean) + ("" if std is None else " ± " + show(std))  # type: ignore[arg-type]
+    return show(mean) + ("" if std is None else " ± " + show(std))
 
 
-def runs_table(runs: list[RunResult], stats: dict[str, object], unfinished: list[str]) -> str:
+def runs_table(runs: list[RunResult], stats: Stats, unfinished: list[str]) -> str:
     header = f"{'run':<32} {'model':<12} {'seed':>5} {'epochs':>6} {'test acc':>9} {'best val':>9} {'train s':>9}"
     lines = [header, "-" * len(header)]
     for run in runs:
@@ -81,11 +85,9 @@ def runs_table(runs: list[RunResult], stats: dict[str, object], unfinished: list
                      f"{run.epochs:>6} {_pct(run.test_acc):>9} {_pct(run.best_val_acc):>9} "
                      f"{run.train_seconds:>9.1f}")
     lines.append("-" * len(header))
-    test_acc = _mean_pm_std(stats["test_acc_mean"], stats["test_acc_std"], True)
-    lines.append(f"{stats['runs']} run(s): test acc {test_acc}, "
-                 f"best val {_mean_pm_std(stats['best_val_acc_mean'], stats['best_val_acc_std'], True)}, "
-                 f"train {_mean_pm_std(stats['train_seconds_mean'], stats['train_seconds_std'], False)} s "
-                 "(mean ± sample std)")
+    lines.append(f"{stats['runs']} run(s): test acc {_mean_pm_std(stats, 'test_acc', True)}, "
+                 f"best val {_mean_pm_std(stats, 'best_val_acc', True)}, "
+                 f"train {_mean_pm_std(stats, 'train_seconds', False)} s (mean ± sample std)")
     lines.extend(f"not counted: {reason}" for reason in unfinished)
     return "\n".join(lines)
 

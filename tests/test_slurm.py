@@ -73,9 +73,10 @@ def job_log(workspace: dict[str, Path], job: str) -> str:
     return (workspace["runs"] / f"slurm-{job}.out").read_text(errors="replace")
 
 
-def assert_completed(states: dict[str, dict[str, str]], workspace: dict[str, Path], job: str) -> None:
+def assert_completed(states: dict[str, dict[str, str]], log: str = "") -> None:
+    """Every job (every task of an array) COMPLETED; on failure show their states and the log."""
     failed = {name: f["JobState"] for name, f in states.items() if f["JobState"] != "COMPLETED"}
-    assert not failed, f"{failed}\n{job_log(workspace, job) if not failed.keys() - {job} else ''}"
+    assert not failed, f"{failed}\n{log}"
 
 
 def weights(run: Path) -> dict:
@@ -95,7 +96,7 @@ def single_node_run(cluster: slurm_cluster.SlurmCluster, workspace: dict[str, Pa
     job = submit(cluster, workspace, "train.sbatch", ["--cpus-per-task", "2"], [*TRAIN_ARGS, "--epochs", "8"],
                  CPU_PROCS_PER_NODE="2")
     states = cluster.wait(job, JOB_TIMEOUT)
-    assert_completed(states, workspace, job)
+    assert_completed(states, job_log(workspace, job))
     return workspace["runs"] / f"cifar-{job}"
 
 
@@ -116,9 +117,9 @@ def test_multi_node_matches_single_node(cluster: slurm_cluster.SlurmCluster, wor
     job = submit(cluster, workspace, "train_multinode.sbatch", ["--cpus-per-task", "2"],
                  [*TRAIN_ARGS, "--epochs", "8"], CPU_PROCS_PER_NODE="1")
     states = cluster.wait(job, JOB_TIMEOUT)
-    assert_completed(states, workspace, job)
-    assert states[job]["NumNodes"] == "2"
     log = job_log(workspace, job)
+    assert_completed(states, log)
+    assert states[job]["NumNodes"] == "2"
     assert "2 node(s) x 1 process(es), --cpu" in log
     run = workspace["runs"] / f"cifar-{job}"
     # Two machines, one process group: train.py checks the launched world size against the group it formed.
@@ -140,7 +141,7 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(cluster: slurm_cluster.Sl
 
     states = cluster.wait(job, JOB_TIMEOUT)
     log = job_log(workspace, job)
-    assert_completed(states, workspace, job)
+    assert_completed(states, log)
     assert states[job]["Restarts"] == "1", log
     assert "stopped by SIGUSR1 at step" in log
     assert f"requeued SLURM job {job}" in log
@@ -156,8 +157,7 @@ def test_seed_array_and_aggregate(cluster: slurm_cluster.SlurmCluster, workspace
                    [*TRAIN_ARGS, "--epochs", "2"], CPU_PROCS_PER_NODE="1", SEED_BASE="10")
     states = cluster.wait(array, JOB_TIMEOUT)
     assert sorted(states) == [f"{array}_{task}" for task in range(3)]
-    failed = {name: f["JobState"] for name, f in states.items() if f["JobState"] != "COMPLETED"}
-    assert not failed, failed
+    assert_completed(states)
     runs = [workspace["runs"] / f"cifar-{array}_{task}" for task in range(3)]
     for task, run in enumerate(runs):
         assert json.loads((run / "summary.json").read_text())["seed"] == 10 + task
