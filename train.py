@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from cifar import checkpoint as ckpt
 from cifar import plots
+from cifar.allocator import keep_freed_memory
 from cifar.augment import (AugmentedDataset, PlainDataset, TrainBatches, build_test_transform, build_train_transform,
                            epoch_permutation, train_loader)
 from cifar.config import ConfigError, TrainConfig, parse_config, save_yaml, trajectory_differences
@@ -94,6 +95,8 @@ def main(argv: list[str], stop: StopRequest) -> int:
     cfg = parse_config(argv)
 
     # ------------------------------------------------------------------ processes and precision
+    # Before the first large tensor: glibc would otherwise page-fault every CPU activation afresh each step.
+    keep_freed_memory()
     precision = resolve_precision(cfg)
     accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=precision, log_with="wandb" if cfg.wandb else None,
                               dynamo_backend="inductor" if cfg.compile else "no")
