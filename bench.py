@@ -1,6 +1,7 @@
 """How fast training is, and what limits it: one command, one JSON object, one readable line per measurement.
 
     python bench.py --data-dir data --model seed002 --batch-size 128 --cpu          # the CPU target
+    python bench.py --data-dir data --model c4net --batch-size 512 --cpu --baseline-ref a287748  # vs an old trainer
     python bench.py --data-dir data --model c4net --batch-size 512 --channels-last  # a GPU
 
 Four measurements, all on the same net, batch size and machine, in this run:
@@ -11,8 +12,10 @@ Four measurements, all on the same net, batch size and machine, in this run:
             start-up), seconds per 50,000-image epoch, peak memory of the main process
   baseline  a loop written the way the seeds train: a torchvision-style dataset that makes each uint8 image
             a PIL image and back, albumentations in 2 DataLoader workers, fp32, NCHW, SGD + OneCycle, a
-            host sync (.item()) and a progress-bar update every step
-and the trainer's images/s as a ratio to the baseline's.
+            host sync (.item()) and a progress-bar update every step; measured first, before this process
+            raises the C allocator's thresholds as train.py does (cifar.allocator)
+and the trainer's images/s as a ratio to the baseline's. With --baseline-ref GIT_REF, also train.py as it was
+at that commit (extracted with git archive), with that version's defaults, and the ratio to it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from cifar.allocator import keep_freed_memory
 from cifar.augment import AugmentedDataset, TrainBatches, build_train_transform, train_loader
 from cifar.data import CifarArrays, CifarDataError, load_cifar
 from cifar.hardware import device_name, peak_memory_mb
@@ -70,6 +74,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before them")
     parser.add_argument("--skip", nargs="*", default=[], choices=("data", "model", "trainer", "baseline"),
                         help="measurements to leave out")
+    parser.add_argument("--baseline-ref", metavar="GIT_REF",
+                        help="also time train.py as it was at this commit, side by side: 1 process, its own "
+                             "defaults for everything but the data, net, batch size and run length")
     parser.add_argument("--json", type=Path, help="also write the JSON object to this file")
     return parser.parse_args(argv)
 
@@ -89,7 +96,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     needed = (args.warmup + args.steps) * args.batch_size
-    if needed > len(data.train_labels):
+    if needed > len(data.train_labels) and not {"data", "baseline"} <= set(args.skip):
         print(f"error: --warmup {args.warmup} + --steps {args.steps} batches of {args.batch_size} need {needed:,} "
               f"training images, {args.data_dir} has {len(data.train_labels):,}: lower --steps or --batch-size",
               file=sys.stderr)
@@ -103,6 +110,13 @@ def main(argv: list[str]) -> int:
           f"{args.num_workers} workers, compile {args.compile}, channels_last {args.channels_last}, "
           f"{args.processes} trainer process(es)", flush=True)
 
+    # The seeds' loop first, same net and batch, for the ratio: it runs as their users run it, before this
+    # process changes the C allocator's thresholds (which our own measurements then get, as train.py does).
+    if "baseline" not in args.skip:
+        timing = baseline_speed(data, args, device)
+        results["baseline_images_per_second"] = timing.images_per_second
+        say("seed-style baseline", timing.images_per_second, timing.peak_memory_mb)
+    keep_freed_memory()
     # Data alone: can the pipeline keep up with the model?
     if "data" not in args.skip:
         results["data_images_per_second"] = data_pipeline_speed(data, args)
@@ -119,14 +133,21 @@ def main(argv: list[str]) -> int:
         results.update(trainer)
         say("trainer (train.py)", trainer["trainer_images_per_second"], trainer["trainer_peak_memory_mb"],
             f"{trainer['seconds_per_epoch']:.1f} s per 50,000-image epoch")
-    # The seeds' loop, same net and batch, for the ratio.
-    if "baseline" not in args.skip:
-        timing = baseline_speed(data, args, device)
-        results["baseline_images_per_second"] = timing.images_per_second
-        say("seed-style baseline", timing.images_per_second, timing.peak_memory_mb)
+    # Another commit's trainer on the same machine in the same minutes: a ratio survives a noisy shared machine.
+    if args.baseline_ref:
+        with tempfile.TemporaryDirectory(prefix="bench-ref-") as folder:
+            reference = trainer_speed(args, device, checkout_of(args.baseline_ref, Path(folder)), own_defaults=True)
+        results["baseline_ref"] = args.baseline_ref
+        results["ref_trainer_images_per_second"] = reference["trainer_images_per_second"]
+        results["ref_trainer_peak_memory_mb"] = reference["trainer_peak_memory_mb"]
+        say(f"trainer at {args.baseline_ref}", reference["trainer_images_per_second"],
+            reference["trainer_peak_memory_mb"], f"{reference['seconds_per_epoch']:.1f} s per 50,000-image epoch")
     if "trainer_images_per_second" in results and "baseline_images_per_second" in results:
         results["trainer_vs_baseline"] = results["trainer_images_per_second"] / results["baseline_images_per_second"]
         print(f"trainer / baseline: {results['trainer_vs_baseline']:.2f}x")
+    if "trainer_images_per_second" in results and "ref_trainer_images_per_second" in results:
+        results["trainer_vs_ref"] = results["trainer_images_per_second"] / results["ref_trainer_images_per_second"]
+        print(f"trainer / trainer at {args.baseline_ref}: {results['trainer_vs_ref']:.2f}x")
     print(json.dumps(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
@@ -187,33 +208,49 @@ def model_speed(args: argparse.Namespace, device: torch.device) -> Timing:
     return Timing(args.steps * args.batch_size / (time.perf_counter() - start), peak_memory_mb(device))
 
 
-def trainer_speed(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+def trainer_speed(args: argparse.Namespace, device: torch.device, source: Path = ROOT,
+                  own_defaults: bool = False) -> dict[str, float]:
+    """train.py of ``source`` (this checkout, or another commit's files) for 2 epochs. ``own_defaults``: give
+    it only the data, net, batch size and run length, so every other setting is that version's default."""
     images = args.train_images or (FULL_EPOCH if device.type == "cuda" else 5120)
+    processes = 1 if own_defaults else args.processes
     with tempfile.TemporaryDirectory(prefix="bench-") as out:
         env = dict(os.environ)
         launcher = [sys.executable]
-        if args.processes > 1:
+        if processes > 1:
             launcher = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu",
-                        "--num_processes", str(args.processes), "--num_machines", "1", "--mixed_precision", "no",
+                        "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
                         "--dynamo_backend", "no", "--main_process_port", str(free_port())]
             if device.type == "cpu":  # else every process would run one thread per core
-                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.processes))
-        command = [*launcher, str(ROOT / "train.py"), "--data-dir", args.data_dir, "--model", args.model,
-                   "--batch-size", str(args.batch_size), "--mixed-precision", args.mixed_precision,
-                   "--num-workers", str(args.num_workers), "--augment", args.augment, "--epochs", "2",
-                   "--val-size", "0", "--checkpoint-every", "0", "--output-dir", out]
+                env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
+        command = [*launcher, str(source / "train.py"), "--data-dir", str(Path(args.data_dir).resolve()),
+                   "--model", args.model, "--batch-size", str(args.batch_size), "--epochs", "2", "--val-size", "0",
+                   "--checkpoint-every", "0", "--output-dir", out]
         command += ["--subset", str(images)] if images < FULL_EPOCH else []
         command += ["--cpu"] if device.type == "cpu" else []
-        command += ["--compile"] if args.compile else []
-        command += ["--channels-last"] if args.channels_last else []
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+        if not own_defaults:
+            command += ["--mixed-precision", args.mixed_precision, "--num-workers", str(args.num_workers),
+                        "--augment", args.augment]
+            command += ["--compile"] if args.compile else []
+            command += ["--channels-last"] if args.channels_last else []
+        done = subprocess.run(command, cwd=source, capture_output=True, text=True, env=env)
         if done.returncode != 0:
-            raise SystemExit(f"error: train.py failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+            raise SystemExit(f"error: {source / 'train.py'} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
         rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
         summary = json.loads((Path(out) / "summary.json").read_text())
     steady = rows[-1]["images_per_second"]
     return {"trainer_images_per_second": steady, "seconds_per_epoch": FULL_EPOCH / steady,
             "trainer_train_images": images, "trainer_peak_memory_mb": summary["peak_memory_mb"]}
+
+
+def checkout_of(ref: str, into: Path) -> Path:
+    """The files of commit ``ref`` of this repository, written under ``into``."""
+    listing = subprocess.run(["git", "archive", "--format=tar", ref], cwd=ROOT, capture_output=True)
+    if listing.returncode != 0:
+        raise SystemExit(f"error: --baseline-ref {ref!r}: git cannot read that commit "
+                         f"({listing.stderr.decode().strip()}); give a commit, tag or branch of this repository")
+    subprocess.run(["tar", "-x", "-C", str(into)], input=listing.stdout, check=True)
+    return into
 
 
 class SeedStyleCIFAR(Dataset):

@@ -39,9 +39,24 @@ def test_bench_reports_every_measurement(tmp_path: Path) -> None:
         assert line in done.stdout
 
 
+def test_bench_times_another_commits_trainer(tmp_path: Path) -> None:
+    data = write_tiny_cifar(tmp_path / "tiny")
+    done = bench("--data-dir", data, "--model", "c4net_tiny", "--batch-size", "32", "--cpu", "--train-images", "200",
+                 "--skip", "data", "model", "baseline", "--baseline-ref", "HEAD")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["baseline_ref"] == "HEAD" and result["ref_trainer_images_per_second"] > 0
+    assert result["trainer_vs_ref"] == pytest.approx(
+        result["trainer_images_per_second"] / result["ref_trainer_images_per_second"])
+    assert "trainer at HEAD" in done.stdout
+
+
 def test_bench_bad_input_names_the_fix(tmp_path: Path) -> None:
     done = bench("--data-dir", tmp_path / "nothing", "--cpu")
     assert done.returncode == 2 and done.stderr.startswith("error: ")
     data = write_tiny_cifar(tmp_path / "tiny")
     done = bench("--data-dir", data, "--cpu", "--steps", "100", "--batch-size", "32")
     assert done.returncode == 2 and "lower --steps or --batch-size" in done.stderr
+    done = bench("--data-dir", data, "--cpu", "--skip", "data", "model", "trainer", "baseline",
+                 "--baseline-ref", "no-such-commit")
+    assert done.returncode != 0 and "--baseline-ref 'no-such-commit'" in done.stderr
