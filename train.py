@@ -6,11 +6,16 @@
 
 Everything a run writes goes to --output-dir: config.yaml, metrics.jsonl, summary.json, model.safetensors,
 best.safetensors (chosen on --val-size images, never on the test set), plots/ and checkpoints/.
+CIFAR-10 is read from --data-dir, and downloaded there (checksummed) when no dataset is found; --no-download
+forbids network access.
 
 Exit codes: 0 done; 1 unexpected error; 2 bad input (flags, config, data, checkpoint, W&B setup);
 3 the loss became non-finite (the last good checkpoint is kept); 75 stopped by SIGTERM or SIGUSR1 after saving
 a checkpoint (run the same command with --resume auto to continue). SIGUSR1 means "out of time, come back later":
-inside a SLURM job the main process then also requeues the job (see slurm/).
+inside a SLURM job the main process then also requeues the job (see slurm/). 130 stopped by SIGINT (Ctrl-C) after
+saving a checkpoint, likewise; a second Ctrl-C stops at once without saving (the newest checkpoint is kept).
+A stop signal that arrives before training starts is acted on after the first step; one that arrives after the
+last step lets the run finish (only evaluation and writing are left). See cifar/stopping.py.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import json
 import math
 import os
 import random
-import signal
 import sys
 import time
 import uuid
@@ -52,14 +56,15 @@ from cifar.metrics import confusion_matrix, per_class_table
 from cifar.nets import build_net
 from cifar.nets.analysis import NetReport, analyze_net
 from cifar.optim import build_optimizer
+from cifar.results import resolve_weights
 from cifar.schedulers import build_schedule, schedule_lr
 from cifar.slurm import RequeueError, requeue, requeue_target
+from cifar.stopping import EXIT_INTERRUPTED, EXIT_STOPPED, StopRequest, end_workers_at_exit, ignore_stop_signals
 from cifar.sync_bn import convert_sync_batchnorm
+from cifar.tta import TTA_VARIANTS, tta_logits
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
-EXIT_STOPPED = 75  # EX_TEMPFAIL: "try again later", which is what a preempted job should do
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class BadInput(Exception):
@@ -85,6 +90,7 @@ class Progress:
     best_val_acc: float | None = None
     best_epoch: int | None = None
     best_checkpoint: str | None = None
+    last_epoch_start: str | None = None  # the checkpoint that `python -m cifar.replay` trains the last epoch from
     train_seconds: float = 0.0
     wandb_run_id: str | None = None
 
@@ -192,10 +198,15 @@ def main(argv: list[str], stop: StopRequest) -> int:
     # ------------------------------------------------------------------ train
     try:
         while progress.epoch < cfg.epochs:
+            if progress.epoch == cfg.epochs - 1 and progress.step_in_epoch == 0 and progress.last_epoch_start is None:
+                # Kept for good (never pruned): the last epoch can be trained again from it and checked bit for bit.
+                progress.last_epoch_start = ckpt.checkpoint_name(progress.global_step)
+                save_training_state(checkpoints, cfg, accelerator, plain_net, optimizer, schedule, ema, progress,
+                                    data)
             seconds, images = run_epoch(
                 cfg, accelerator, model, plain_net, optimizer, schedule, ema, loader, batches, progress, stop,
                 lambda: save_training_state(checkpoints, cfg, accelerator, plain_net, optimizer, schedule, ema,
-                                            progress))
+                                            progress, data))
             # The epoch is done: evaluate on the validation split (which alone selects best.safetensors) and test.
             sync_buffers(accelerator, eval_net)
             row = epoch_row(accelerator, eval_net, val_loader, test_loader, progress, schedule, seconds, images)
@@ -206,9 +217,9 @@ def main(argv: list[str], stop: StopRequest) -> int:
                 progress.best_val_acc, progress.best_epoch = row["val_acc"], row["epoch"]
                 progress.best_checkpoint = ckpt.checkpoint_name(progress.global_step)
                 if main_process:
-                    save_net(eval_net, out / "best.safetensors", cfg)
+                    save_net(eval_net, out / "best.safetensors", cfg, data)
             progress.epoch, progress.step_in_epoch, progress.running = progress.epoch + 1, 0, [0.0, 0.0, 0.0]
-            save_training_state(checkpoints, cfg, accelerator, plain_net, optimizer, schedule, ema, progress)
+            save_training_state(checkpoints, cfg, accelerator, plain_net, optimizer, schedule, ema, progress, data)
             if main_process:
                 write_metrics(out, progress.history)
             say(epoch_line(row, cfg.epochs))
@@ -228,11 +239,13 @@ def main(argv: list[str], stop: StopRequest) -> int:
     # ------------------------------------------------------------------ results
     sync_buffers(accelerator, eval_net)
     test = evaluate(accelerator, eval_net, test_loader)
+    # Reported beside the plain accuracy, never instead of it: the views are a different way to classify.
+    tta = {variant: evaluate(accelerator, eval_net, test_loader, tta=variant) for variant in TTA_VARIANTS}
     if main_process:
-        write_results(cfg, out, eval_net, data, test, progress, report, accelerator, total_steps)
+        write_results(cfg, out, eval_net, data, test, tta, progress, report, accelerator, total_steps)
         best = ("-" if progress.best_val_acc is None
                 else f"{progress.best_val_acc:.2%} (epoch {progress.best_epoch})")
-        say(f"test accuracy {test.accuracy:.2%} on {test.count:,} images; best validation {best}; "
+        say(f"test accuracy {test.accuracy:.2%} on {test.count:,} images ({tta_text(tta)}); best validation {best}; "
             f"{progress.train_seconds:.1f} s training; wrote {out}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -250,7 +263,7 @@ def run_epoch(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module
     the seconds and images of this process's share of the epoch (all of it unless resumed mid-epoch).
 
     One all-reduce per step carries the step's loss sum, correct count, image count and any stop request, so
-    every process sees the same numbers and stops at the same step.
+    every process sees the same numbers, stops at the same step and exits with the same code.
     """
     batches.set_epoch(progress.epoch, progress.step_in_epoch)
     epoch_start = segment_start = time.perf_counter()
@@ -261,7 +274,7 @@ def run_epoch(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module
               disable=not accelerator.is_main_process, dynamic_ncols=True, leave=False) as bar:
         while progress.step_in_epoch < batches.steps:
             step_images = batches.step_size(progress.step_in_epoch)
-            totals = torch.zeros(5, dtype=torch.float64, device=accelerator.device)
+            totals = torch.zeros(6, dtype=torch.float64, device=accelerator.device)
             for micro in range(cfg.grad_accum):
                 inputs, labels = next(micro_batches)
                 inputs = inputs.to(accelerator.device, non_blocking=True)
@@ -284,8 +297,9 @@ def run_epoch(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module
             schedule.step()
             if ema is not None and not optimizer.step_was_skipped:
                 ema.update_parameters(plain_net)
-            totals[3], totals[4] = float(stop.requested is not None), float(stop.requeue)
-            loss_sum, correct, count, stops, requeues = accelerator.reduce(totals, "sum").tolist()
+            totals[3], totals[4], totals[5] = (float(stop.requested is not None), float(stop.requeue),
+                                               float(stop.interrupted))
+            loss_sum, correct, count, stops, requeues, interrupts = accelerator.reduce(totals, "sum").tolist()
             if not math.isfinite(loss_sum):
                 raise RunStopped(
                     f"error: the training loss became non-finite ({loss_sum}) at step {progress.global_step + 1} "
@@ -310,9 +324,13 @@ def run_epoch(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module
             if stops:
                 progress.train_seconds += now - segment_start
                 checkpoint()
+                # A requeue is the scheduler's decision and wins; otherwise a Ctrl-C anywhere says "interrupted".
+                code = EXIT_INTERRUPTED if interrupts and not requeues else EXIT_STOPPED
+                # The default output folder is named by the start time: a resume has to be told which it was.
                 raise RunStopped(f"stopped by {stop.requested or 'a signal to another process'} at step "
                                  f"{progress.global_step}; checkpoint saved. Run the same command with --resume auto "
-                                 "to continue.", EXIT_STOPPED, requeue=requeues > 0)
+                                 f"to continue (adding --output-dir {cfg.output_dir} if it has none).", code,
+                                 requeue=requeues > 0)
             mid_epoch = progress.step_in_epoch < batches.steps
             if cfg.checkpoint_every and progress.global_step % cfg.checkpoint_every == 0 and mid_epoch:
                 progress.train_seconds += now - segment_start
@@ -333,15 +351,15 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(accelerator: Accelerator, net: torch.nn.Module, loader: DataLoader) -> Evaluation:
+def evaluate(accelerator: Accelerator, net: torch.nn.Module, loader: DataLoader, tta: str | None = None) -> Evaluation:
     """Loss and accuracy over exactly the loader's images: gather_for_metrics drops the padding that evens
-    out the processes' shards."""
+    out the processes' shards. With ``tta`` (a variant of cifar.tta) the logits are averaged over its views."""
     was_training = net.training
     net.eval()
     losses, predictions, labels = [], [], []
     for inputs, targets in loader:
         with accelerator.autocast():
-            logits = net(inputs)
+            logits = net(inputs) if tta is None else tta_logits(net, inputs, tta)
         batch_losses = F.cross_entropy(logits.float(), targets, reduction="none")
         gathered = accelerator.gather_for_metrics((batch_losses, logits.argmax(1), targets))
         for bucket, value in zip((losses, predictions, labels), gathered):
@@ -369,6 +387,11 @@ def epoch_row(accelerator: Accelerator, net: torch.nn.Module, val_loader: DataLo
     return row
 
 
+def tta_text(tta: dict[str, Evaluation]) -> str:
+    return "test-time augmentation: " + ", ".join(f"{variant} {result.accuracy:.2%} ({result.count:,} images)"
+                                                  for variant, result in tta.items())
+
+
 def epoch_line(row: dict[str, Any], epochs: int) -> str:
     val = f" | val {row['val_loss']:.3f} {row['val_acc']:.2%}" if "val_acc" in row else ""
     speed = f"{row['images_per_second']:,.0f} img/s" if row["images_per_second"] else "-"
@@ -378,27 +401,6 @@ def epoch_line(row: dict[str, Any], epochs: int) -> str:
 
 
 # ====================================================================== stopping
-
-
-class StopRequest:
-    """Remembers a SIGTERM/SIGUSR1 (from the first moment of the run: one that arrives while data loads is not
-    lost); the training loop acts on it at the next step boundary. SIGUSR1 also asks for a requeue."""
-
-    def __init__(self) -> None:
-        self.requested: str | None = None
-        self.requeue = False
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = self.requested or signal.Signals(signum).name
-        self.requeue = self.requeue or signum == signal.SIGUSR1
-
-    def install(self) -> None:
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def requeue_own_job(say: Callable[..., None]) -> None:
@@ -413,13 +415,6 @@ def requeue_own_job(say: Callable[..., None]) -> None:
             file=sys.stderr)
         return
     say(f"requeued SLURM job {job}: it resumes from the checkpoint when it starts again")
-
-
-def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers ignore the stop signals (a scheduler may signal the whole process group): the
-    training process decides when to stop, and its workers must live until it has saved a checkpoint."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
 
 
 # ====================================================================== checkpoints
@@ -440,9 +435,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_training_state(directory: Path, cfg: TrainConfig, accelerator: Accelerator, net: torch.nn.Module,
-                        optimizer: Any, schedule: Any, ema: AveragedModel | None, progress: Progress) -> None:
+                        optimizer: Any, schedule: Any, ema: AveragedModel | None, progress: Progress,
+                        data: CifarArrays) -> None:
     """Every process contributes its RNG state; the main process writes the checkpoint atomically and prunes
-    old ones (keeping the best); all wait for it, so no process exits while the checkpoint is half written."""
+    old ones (keeping the best and the one at the start of the last epoch); all wait for it, so no process exits while the checkpoint is half written."""
     rng_states = gather_object([rng_state()])
     if accelerator.is_main_process:
         payloads = {"model": ckpt.plain_state_dict(net), "optimizer": optimizer.state_dict(),
@@ -451,9 +447,10 @@ def save_training_state(directory: Path, cfg: TrainConfig, accelerator: Accelera
             payloads["scaler"] = accelerator.scaler.state_dict()
         if ema is not None:
             payloads["ema"] = ema.state_dict()
-        meta = {"model": cfg.model, "epoch": progress.epoch, "step": progress.global_step, "config": cfg.to_dict()}
+        meta = {"model": cfg.model, "epoch": progress.epoch, "step": progress.global_step, "config": cfg.to_dict(),
+                **ckpt.input_metadata(data.mean, data.std, data.classes)}  # so that a checkpoint exports alone
         ckpt.write_checkpoint(directory, progress.global_step, payloads, meta)
-        keep = [directory / progress.best_checkpoint] if progress.best_checkpoint else []
+        keep = [directory / name for name in (progress.best_checkpoint, progress.last_epoch_start) if name]
         ckpt.prune_checkpoints(directory, cfg.keep_last, keep)
     accelerator.wait_for_everyone()
 
@@ -528,8 +525,10 @@ def sync_buffers(accelerator: Accelerator, net: torch.nn.Module) -> None:
 # ====================================================================== outputs
 
 
-def save_net(net: torch.nn.Module, path: Path, cfg: TrainConfig) -> None:
-    ckpt.save_weights(ckpt.plain_state_dict(net), path, {"model": cfg.model})
+def save_net(net: torch.nn.Module, path: Path, cfg: TrainConfig, data: CifarArrays) -> None:
+    """The weights, the net's name and what its inputs and outputs mean: all that an export needs."""
+    ckpt.save_weights(ckpt.plain_state_dict(net), path,
+                      {"model": cfg.model, **ckpt.input_metadata(data.mean, data.std, data.classes)})
 
 
 def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
@@ -539,15 +538,22 @@ def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
 
 
 def write_results(cfg: TrainConfig, out: Path, net: torch.nn.Module, data: CifarArrays, test: Evaluation,
-                  progress: Progress, report: NetReport, accelerator: Accelerator, total_steps: int) -> None:
-    save_net(net, out / "model.safetensors", cfg)
+                  tta: dict[str, Evaluation], progress: Progress, report: NetReport, accelerator: Accelerator,
+                  total_steps: int) -> None:
+    save_net(net, out / "model.safetensors", cfg, data)
     summary = {"model": cfg.model, "seed": cfg.seed, "test_acc": test.accuracy, "test_loss": test.loss,
-               "test_images": test.count,
+               "test_images": test.count, "test_acc_tta": tta["flip"].accuracy,
+               "test_acc_tta_translate": tta["flip_translate"].accuracy,
                "best_val_acc": progress.best_val_acc, "best_epoch": progress.best_epoch,
                "epochs": cfg.epochs, "steps": progress.global_step, "params": report.params,
                "receptive_field": report.receptive_field, "macs": report.macs,
                "constraints": report.constraints, "train_seconds": progress.train_seconds,
-               "peak_memory_mb": peak_memory_mb(accelerator.device), "hardware": hardware(accelerator)}
+               "peak_memory_mb": peak_memory_mb(accelerator.device), "hardware": hardware(accelerator),
+               # What a replay of the last epoch must repeat (python -m cifar.replay), and where it starts.
+               "device": accelerator.device.type, "processes": accelerator.num_processes,
+               "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+               "last_epoch_start": progress.last_epoch_start}
     write_atomic(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     figures = out / "plots"
     matrix = confusion_matrix(test.predictions, test.labels, len(data.classes))
@@ -566,6 +572,7 @@ def write_results(cfg: TrainConfig, out: Path, net: torch.nn.Module, data: Cifar
     if cfg.wandb:
         tracker = accelerator.get_tracker("wandb", unwrap=True)
         tracker.summary.update({"final/test_acc": test.accuracy, "final/test_loss": test.loss,
+                                "final/test_acc_tta": tta["flip"].accuracy,
                                 "best/val_acc": progress.best_val_acc, "best/epoch": progress.best_epoch})
         accelerator.get_tracker("wandb").log_images({f"plots/{k}": [str(v)] for k, v in paths.items()},
                                                     step=progress.global_step)
@@ -587,7 +594,8 @@ def hardware(accelerator: Accelerator) -> str:
 
 def eval_loader(images: np.ndarray, labels: np.ndarray, data: CifarArrays, cfg: TrainConfig) -> DataLoader:
     return DataLoader(PlainDataset(images, labels, build_test_transform(data.mean, data.std)),
-                      batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+                      batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
+                      worker_init_fn=ignore_stop_signals)
 
 
 def resolve_precision(cfg: TrainConfig) -> str:
@@ -603,21 +611,16 @@ def resolve_precision(cfg: TrainConfig) -> str:
 
 
 def evaluate_weights(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays) -> int:
-    """--eval-only: test accuracy and a per-class table for a .safetensors file or a checkpoint."""
-    weights, metadata = ckpt.load_weights(Path(cfg.eval_only))
-    name = metadata.get("model", cfg.model)
-    net = build_net(name)
-    try:
-        net.load_state_dict(weights)
-    except RuntimeError as error:
-        raise BadInput(f"--eval-only {cfg.eval_only!r}: its weights do not fit net {name!r} ({error}); "
-                       "pass the --model it was trained as") from error
+    """--eval-only: test accuracy (plain and with test-time augmentation) and a per-class table for a run folder,
+    a shipped result (its folder, or its name in results/), a .safetensors file or a checkpoint."""
+    net, name, _ = ckpt.load_net(resolve_weights(cfg.eval_only), default_name=cfg.model)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     net, loader = accelerator.prepare(net, eval_loader(data.test_images, data.test_labels, data, cfg))
     result = evaluate(accelerator, net, loader)
+    tta = {variant: evaluate(accelerator, net, loader, tta=variant) for variant in TTA_VARIANTS}
     accelerator.print(f"{cfg.eval_only}: net {name}, test accuracy {result.accuracy:.2%} ({result.count:,} images), "
-                      f"loss {result.loss:.4f}")
+                      f"loss {result.loss:.4f}; {tta_text(tta)}")
     accelerator.print(per_class_table(confusion_matrix(result.predictions, result.labels, len(data.classes)),
                                       data.classes))
     return 0
@@ -635,10 +638,12 @@ def start_wandb(cfg: TrainConfig, accelerator: Accelerator, report: NetReport, r
     # Our own id, chosen before the run starts, so the checkpoint can carry it and a resume can reuse it.
     [run_id] = broadcast_object_list([run_id or uuid.uuid4().hex[:12]])
     config = {**cfg.to_dict(), "params": report.params, "receptive_field": report.receptive_field, "macs": report.macs}
+    # W&B's run files go where WANDB_DIR says (clusters point it at scratch space), else into the run's folder.
+    where = {} if os.environ.get("WANDB_DIR") else {"dir": str(cfg.output_dir)}
     try:
         accelerator.init_trackers(cfg.wandb_project, config=config, init_kwargs={"wandb": {
             "id": run_id, "resume": "allow", "group": cfg.wandb_group, "tags": list(cfg.wandb_tags),
-            "name": cfg.wandb_name or Path(cfg.output_dir).name, "dir": str(cfg.output_dir)}})
+            "name": cfg.wandb_name or Path(cfg.output_dir).name, **where}})
     except Exception as error:  # wandb raises many types; any of them means no W&B run
         raise BadInput(f"--wandb: W&B could not start a run ({type(error).__name__}: {error}); check "
                        "`wandb login`/WANDB_API_KEY and the network, or set WANDB_MODE=offline") from error
@@ -660,8 +665,9 @@ def _netrc_has_wandb() -> bool:
 def run(argv: list[str]) -> int:
     """main() with the promised exit codes: bad input is a one-line message and exit 2, not a traceback."""
     talk = int(os.environ.get("RANK", "0")) == 0
-    stop = StopRequest()
+    stop = StopRequest(announce=tell_user if talk else None)
     stop.install()
+    end_workers_at_exit()
     try:
         return main(argv, stop)
     except (BadInput, ConfigError, CifarDataError, ckpt.CheckpointError) as error:
@@ -670,6 +676,13 @@ def run(argv: list[str]) -> int:
         return EXIT_BAD_INPUT
     finally:
         stop.uninstall()
+
+
+def tell_user(text: str) -> None:
+    """Write a line to stderr from a signal handler: os.write cannot collide with a print in progress. A closed
+    stderr (a `| tee` that the same Ctrl-C ended) must not turn the stop into an error."""
+    with contextlib.suppress(OSError):
+        os.write(sys.stderr.fileno(), f"\n{text}\n".encode())
 
 
 if __name__ == "__main__":

@@ -1,24 +1,53 @@
-"""Compare finished runs (seeds of one recipe, say): ``python -m cifar.aggregate RUN_DIR... [--json FILE]``.
+"""Compare finished runs (seeds of one recipe, say), and generate the README's accuracy tables from them.
 
-Reads each run's summary.json (written by train.py when it finishes) and prints one row per run and the
-mean ± sample standard deviation of the final test accuracy, best validation accuracy and training time.
-Folders without a summary.json are listed as unfinished and left out of the statistics.
+    python -m cifar.aggregate RUN_DIR... [--json FILE]      # one row per run, mean ± sample std
+    python -m cifar.aggregate RUN_DIR... --markdown         # the README table: one row per recipe
+    python -m cifar.aggregate --update-readme README.md [--section NAME]
+
+Reads each run's summary.json (written by train.py when it finishes) and config.yaml, and prints one row per run
+and the mean ± sample standard deviation of the final test accuracy, its flip-TTA counterpart, the best
+validation accuracy and the training time. Folders without a summary.json are listed as unfinished and left out
+of the statistics.
+
+``--markdown`` prints one table row per recipe (runs that differ only in their seed, on the same hardware):
+model, params, epochs, seeds (linked to their folders), final-epoch test accuracy mean ± std, the same with
+test-time augmentation (flip; flip and ±1 px translations: see cifar.tta), hardware, training time, and the
+train.py command, rebuilt from config.yaml (where the data and the outputs live is left out).
+
+README tables live between marker comments that also name their runs, as globs relative to the README's folder::
+
+    <!-- table:default-net results/c4net-* -->
+    ...generated...
+    <!-- /table:default-net -->
+
+``--update-readme`` regenerates every such table (or the one ``--section`` names) from its runs, so a table is
+never typed by hand; tests/test_results.py fails when README.md differs from what this would write.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import os
+import re
+import shlex
 import statistics
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
+import yaml
+
+from cifar.config import TRAJECTORY_FIELDS, config_flags
 from cifar.files import write_atomic
 
 
 @dataclass(frozen=True)
 class RunResult:
+    """What summary.json and config.yaml say about one finished run; fields older runs lack are None."""
+
     path: str
     model: str
     seed: int | None
@@ -26,6 +55,14 @@ class RunResult:
     test_acc: float
     best_val_acc: float | None
     train_seconds: float
+    test_acc_tta: float | None = None            # flip
+    test_acc_tta_translate: float | None = None  # flip and ±1 px translations
+    params: int | None = None
+    hardware: str | None = None
+    processes: int | None = None
+    threads: int | None = None
+    device: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 class RunFolderError(Exception):
@@ -38,11 +75,23 @@ def read_run(directory: Path) -> RunResult:
         raise RunFolderError(f"{directory}: no summary.json (the run has not finished, or this is not a run folder)")
     try:
         summary = json.loads(summary_path.read_text())
-        return RunResult(path=str(directory), model=summary["model"], seed=summary.get("seed"),
-                         epochs=summary["epochs"], test_acc=summary["test_acc"],
-                         best_val_acc=summary.get("best_val_acc"), train_seconds=summary["train_seconds"])
+        optional = {name: summary.get(name) for name in ("test_acc_tta", "test_acc_tta_translate", "params",
+                                                          "hardware", "processes", "threads", "device")}
+        run = RunResult(path=str(directory), model=summary["model"], seed=summary.get("seed"),
+                        epochs=summary["epochs"], test_acc=summary["test_acc"],
+                        best_val_acc=summary.get("best_val_acc"), train_seconds=summary["train_seconds"], **optional)
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise RunFolderError(f"{summary_path}: not a train.py summary ({type(error).__name__}: {error})") from error
+    config_path = directory / "config.yaml"
+    if not config_path.is_file():
+        return run
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as error:
+        raise RunFolderError(f"{config_path}: not valid YAML ({error})") from error
+    if not isinstance(config, dict):
+        raise RunFolderError(f"{config_path}: not a train.py config (a mapping of settings)")
+    return RunResult(**{**asdict(run), "config": config})
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -58,6 +107,7 @@ def aggregate(runs: list[RunResult]) -> Stats:
     """Mean and sample standard deviation (None for fewer than two runs) of each run statistic."""
     result: Stats = {"runs": len(runs)}
     columns = {"test_acc": [r.test_acc for r in runs],
+               "test_acc_tta": [r.test_acc_tta for r in runs if r.test_acc_tta is not None],
                "best_val_acc": [r.best_val_acc for r in runs if r.best_val_acc is not None],
                "train_seconds": [r.train_seconds for r in runs]}
     for name, values in columns.items():
@@ -69,35 +119,202 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
 
 
-def _mean_pm_std(stats: Stats, name: str, percent: bool) -> str:
-    mean, std = stats[f"{name}_mean"], stats[f"{name}_std"]
+def _pm(mean: float | None, std: float | None, show: Callable[[float], str]) -> str:
     if mean is None:
         return "-"
-    show = _pct if percent else (lambda v: f"{v:.1f}")
     return show(mean) + ("" if std is None else " ± " + show(std))
 
 
+def _mean_pm_std(stats: Stats, name: str, percent: bool) -> str:
+    return _pm(stats[f"{name}_mean"], stats[f"{name}_std"], _pct if percent else (lambda v: f"{v:.1f}"))
+
+
 def runs_table(runs: list[RunResult], stats: Stats, unfinished: list[str]) -> str:
-    header = f"{'run':<32} {'model':<12} {'seed':>5} {'epochs':>6} {'test acc':>9} {'best val':>9} {'train s':>9}"
+    header = (f"{'run':<32} {'model':<12} {'seed':>5} {'epochs':>6} {'test acc':>9} {'flip TTA':>9} "
+              f"{'best val':>9} {'train s':>9}")
     lines = [header, "-" * len(header)]
     for run in runs:
         lines.append(f"{Path(run.path).name:<32} {run.model:<12} {'-' if run.seed is None else run.seed:>5} "
-                     f"{run.epochs:>6} {_pct(run.test_acc):>9} {_pct(run.best_val_acc):>9} "
-                     f"{run.train_seconds:>9.1f}")
+                     f"{run.epochs:>6} {_pct(run.test_acc):>9} {_pct(run.test_acc_tta):>9} "
+                     f"{_pct(run.best_val_acc):>9} {run.train_seconds:>9.1f}")
     lines.append("-" * len(header))
     lines.append(f"{stats['runs']} run(s): test acc {_mean_pm_std(stats, 'test_acc', True)}, "
+                 f"flip TTA {_mean_pm_std(stats, 'test_acc_tta', True)}, "
                  f"best val {_mean_pm_std(stats, 'best_val_acc', True)}, "
                  f"train {_mean_pm_std(stats, 'train_seconds', False)} s (mean ± sample std)")
     lines.extend(f"not counted: {reason}" for reason in unfinished)
     return "\n".join(lines)
 
 
+# Where the data and the outputs live, and how a run restarts: not part of a recipe's command.
+COMMAND_LEAVES_OUT = ("output_dir", "data_dir", "download", "resume", "eval_only", "seed")
+MARKDOWN_COLUMNS = ("model", "params", "epochs", "seeds", "test acc (final epoch)", "flip TTA",
+                    "flip + translate TTA", "hardware", "training time", "command")
+
+
+def recipe_groups(runs: list[RunResult]) -> list[list[RunResult]]:
+    """The runs grouped by recipe (every trajectory setting but the seed) and hardware, in order of first
+    appearance: the seeds of one recipe form one group."""
+    groups: dict[str, list[RunResult]] = {}
+    for run in runs:
+        recipe = {name: run.config.get(name) for name in TRAJECTORY_FIELDS if name != "seed"}
+        key = json.dumps([run.model, run.epochs, run.hardware, run.processes, run.threads, recipe], sort_keys=True)
+        groups.setdefault(key, []).append(run)
+    return list(groups.values())
+
+
+def train_command(runs: list[RunResult]) -> str:
+    """The command that trains ``runs`` (seeds of one recipe), rebuilt from their config.yaml: ``--seed <seed>``
+    stands for the seeds when there are several. ``-`` where no config.yaml was found."""
+    first = runs[0]
+    if not first.config:
+        return "-"
+    seeds = sorted({run.seed for run in runs if run.seed is not None})
+    flags = shlex.join(config_flags(first.config, leave_out=COMMAND_LEAVES_OUT))
+    if len(seeds) > 1:
+        flags += " --seed <seed>"
+    elif seeds and seeds[0] != 0:
+        flags += f" --seed {seeds[0]}"
+    processes = first.processes or 1
+    launch = ("python train.py" if processes == 1
+              else f"accelerate launch --multi_gpu --num_processes {processes} train.py")
+    threads = f"OMP_NUM_THREADS={first.threads} " if first.device == "cpu" and first.threads else ""
+    return f"{threads}{launch} {flags}".rstrip()
+
+
+def _group_pm(values: list[float | None], show: Callable[[float], str]) -> str:
+    """Mean ± sample std of ``values``; ``-`` unless every run of the group has a value."""
+    if any(value is None for value in values):
+        return "-"
+    return _pm(*_mean_std([value for value in values if value is not None]), show)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:,.0f} s" if seconds < 600 else f"{seconds / 60:,.0f} min"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown_table(runs: list[RunResult], link_base: Path) -> str:
+    """The README table of ``runs``: one row per :func:`recipe_groups` group, seeds linked to their folders
+    (paths relative to ``link_base``, the folder of the file the table goes into). No trailing newline."""
+    lines = ["| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|" + "---|" * len(MARKDOWN_COLUMNS)]
+    for group in recipe_groups(runs):
+        first = group[0]
+        seeds = ", ".join(f"[{'-' if run.seed is None else run.seed}]"
+                          f"({Path(os.path.relpath(run.path, link_base)).as_posix()})" for run in group)
+        hardware = first.hardware or "-"
+        if first.threads:
+            hardware += f", {first.threads} thread(s) per process"
+        cells = [first.model, "-" if first.params is None else f"{first.params:,}", str(first.epochs), seeds,
+                 _group_pm([run.test_acc for run in group], _pct),
+                 _group_pm([run.test_acc_tta for run in group], _pct),
+                 _group_pm([run.test_acc_tta_translate for run in group], _pct), hardware,
+                 _group_pm([run.train_seconds for run in group], _duration), f"`{train_command(group)}`"]
+        lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+    return "\n".join(lines)
+
+
+_SECTION = re.compile(r"<!-- table:(?P<name>[\w.-]+)(?P<patterns>(?: +[^ >]+)+) -->\n(?P<body>.*?)"
+                      r"<!-- /table:(?P=name) -->", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class TableSection:
+    """A generated table in a markdown file: its name, the globs of its runs, and its text now."""
+
+    name: str
+    patterns: tuple[str, ...]
+    body: str
+
+
+def table_sections(text: str) -> list[TableSection]:
+    """The generated tables of a markdown text, in order."""
+    return [_section(match) for match in _SECTION.finditer(text)]
+
+
+def _section(match: re.Match[str]) -> TableSection:
+    return TableSection(match["name"], tuple(match["patterns"].split()), match["body"])
+
+
+def section_folders(section: TableSection, base: Path) -> list[Path]:
+    """The run folders that ``section``'s globs (relative to ``base``) match, sorted, each once."""
+    found = {Path(path) for pattern in section.patterns for path in glob.glob(str(base / pattern))
+             if Path(path).is_dir()}
+    return sorted(found)
+
+
+def section_body(section: TableSection, base: Path) -> str:
+    """What ``section`` should hold: the table of its runs, or a line saying that none has been shipped yet.
+
+    Raises:
+        RunFolderError: a matched folder holds no finished run.
+    """
+    folders = section_folders(section, base)
+    if not folders:
+        return f"_No finished run matches `{' '.join(section.patterns)}` yet._\n"
+    return markdown_table([read_run(folder) for folder in folders], base) + "\n"
+
+
+def update_readme(path: Path, only: str | None = None) -> list[str]:
+    """Regenerate the tables of the markdown file ``path`` (all, or the one named ``only``) from their runs;
+    return the names of those whose text changed. The file is rewritten only if one did.
+
+    Raises:
+        RunFolderError: a matched folder holds no finished run, or ``only`` names no table of ``path``.
+    """
+    text = path.read_text()
+    sections = table_sections(text)
+    if only is not None and only not in [section.name for section in sections]:
+        raise RunFolderError(f"{path} has no table {only!r} (it has: "
+                             f"{', '.join(section.name for section in sections) or 'none'}); mark one with "
+                             f"<!-- table:{only} GLOB... --> and <!-- /table:{only} -->")
+    changed = []
+
+    def regenerate(match: re.Match[str]) -> str:
+        section = _section(match)
+        if only is not None and section.name != only:
+            return match[0]
+        body = section_body(section, path.parent)
+        if body != section.body:
+            changed.append(section.name)
+        return match[0][:match.start("body") - match.start()] + body + f"<!-- /table:{section.name} -->"
+
+    updated = _SECTION.sub(regenerate, text)
+    if changed:
+        write_atomic(path, updated.encode())
+    return changed
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m cifar.aggregate", description=__doc__.split("\n\n")[0],
                                      allow_abbrev=False)
-    parser.add_argument("runs", nargs="+", type=Path, help="run output folders (e.g. runs/cifar-1234_*)")
+    parser.add_argument("runs", nargs="*", type=Path, help="run output folders (e.g. runs/cifar-1234_*)")
     parser.add_argument("--json", type=Path, help="also write the runs and statistics to this JSON file")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the README table (one row per recipe) instead of one row per run")
+    parser.add_argument("--update-readme", type=Path, metavar="FILE",
+                        help="regenerate the tables of FILE from the runs their markers name (no RUN_DIR)")
+    parser.add_argument("--section", metavar="NAME", help="with --update-readme: only the table NAME")
     args = parser.parse_args(argv)
+    if args.update_readme is not None:
+        if args.runs or args.json or args.markdown:
+            parser.error("--update-readme takes no run folders, --json or --markdown: a README table's runs are the "
+                         "folders its marker names, <!-- table:NAME GLOB... -->")
+        try:
+            changed = update_readme(args.update_readme, args.section)
+        except (OSError, RunFolderError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(f"updated {', '.join(changed)} in {args.update_readme}" if changed
+              else f"{args.update_readme} is up to date")
+        return 0
+    if args.section is not None:
+        parser.error("--section goes with --update-readme")
+    if not args.runs:
+        parser.error("give the run folders to compare (or --update-readme FILE)")
     runs, unfinished = [], []
     for directory in args.runs:
         try:
@@ -105,7 +322,12 @@ def main(argv: list[str]) -> int:
         except RunFolderError as error:
             unfinished.append(str(error))
     stats = aggregate(runs)
-    print(runs_table(runs, stats, unfinished))
+    if args.markdown:
+        print(markdown_table(runs, Path.cwd()))
+        for reason in unfinished:
+            print(f"not counted: {reason}", file=sys.stderr)
+    else:
+        print(runs_table(runs, stats, unfinished))
     if args.json:
         document = {**stats, "per_run": [asdict(run) for run in runs], "not_counted": unfinished}
         write_atomic(args.json, (json.dumps(document, indent=2) + "\n").encode())

@@ -11,6 +11,10 @@ Payloads are read back with ``torch.load(weights_only=True)``, which refuses to 
 foreign file; hence they may hold only tensors and plain Python values, which :func:`write_checkpoint` checks
 before it writes anything. :func:`numpy_rng_state` turns numpy's global RNG state into such values.
 
+Weights alone are a safetensors file (:func:`save_weights`) whose metadata names the net and, with
+:func:`input_metadata`, what its inputs and outputs mean; :func:`load_net` builds the net back from such a file,
+from a checkpoint's ``model`` payload, or from a train.py run folder.
+
 One process (the main one) writes, loads and prunes; these functions take no locks.
 """
 
@@ -35,10 +39,12 @@ import safetensors.torch
 import torch
 
 from cifar.files import fsync_dir, write_atomic, write_durably
+from cifar.nets import build_net
 
 CHECKPOINT_FORMAT = 1
 MANIFEST = "manifest.json"
 WEIGHTS_PAYLOAD = "model"
+RUN_WEIGHTS = "model.safetensors"  # a train.py run folder's final weights
 
 _TEMP_PREFIX = ".tmp-"
 _NAME = re.compile(r"step-(\d{9})")
@@ -232,13 +238,27 @@ def plain_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_weights(state_dict: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> Path:
     """Write ``state_dict`` (see :func:`plain_state_dict`) and ``metadata`` as a safetensors file at ``path``.
 
-    The file appears complete or not at all (:func:`cifar.files.write_atomic`).
+    The file appears complete or not at all (:func:`cifar.files.write_atomic`), and equal weights and metadata
+    give equal bytes, so a file's checksum identifies a result.
     """
     bad = [key for key, value in metadata.items() if not isinstance(key, str) or not isinstance(value, str)]
     if bad:
         raise ValueError(f"safetensors metadata must map str to str; {bad!r} do not: convert the values with "
                          "str() or json.dumps()")
-    return write_atomic(path, safetensors.torch.save(dict(state_dict), metadata=dict(metadata)))
+    return write_atomic(path, _sorted_metadata(safetensors.torch.save(dict(state_dict), metadata=dict(metadata))))
+
+
+def _sorted_metadata(blob: bytes) -> bytes:
+    """``blob`` (a safetensors file) with its metadata keys in sorted order. safetensors writes them from a hash
+    map whose order differs from process to process; the header is JSON of a fixed length, so reordering its
+    keys changes nothing else in the file."""
+    length = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + length])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > length:  # safetensors wrote the JSON some other way: keep its file rather than break it
+        return blob
+    return blob[:8] + text.ljust(length) + blob[8 + length:]
 
 
 def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -259,6 +279,50 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     except (safetensors.SafetensorError, OSError) as error:
         raise CheckpointError(f"{path} is not a readable safetensors file ({error}); pass a file written by "
                               "save_weights, or export the weights again") from error
+
+
+def input_metadata(mean: Iterable[float], std: Iterable[float], classes: Iterable[str]) -> dict[str, str]:
+    """What a net's inputs and outputs mean, as weights metadata (JSON text, which both ``save_weights`` and a
+    checkpoint's ``meta`` hold): ``mean`` and ``std``, the per-channel statistics of the training images in
+    [0, 1] units that its inputs were normalised with, and ``classes``, what its outputs stand for in label
+    order. Saved with the weights so that an export (``cifar.export``) needs no dataset."""
+    return {"mean": json.dumps([float(value) for value in mean]), "std": json.dumps([float(value) for value in std]),
+            "classes": json.dumps([str(name) for name in classes])}
+
+
+def load_net(path: Path, default_name: str | None = None) -> tuple[torch.nn.Module, str, dict[str, str]]:
+    """The net saved at ``path`` with its weights loaded, its registered name, and the weights' metadata.
+
+    ``path`` is a ``.safetensors`` file, a checkpoint folder (see :func:`load_weights`), or a train.py run folder,
+    which stands for its final ``model.safetensors``. The name comes from the metadata's ``model`` (train.py
+    records it); ``default_name`` is used for weights that do not say.
+
+    Raises:
+        CheckpointError: ``path`` holds no weights, names an unknown net, or its weights do not fit the net.
+    """
+    path = Path(path)
+    if path.is_dir() and not (path / MANIFEST).exists():
+        if not (path / RUN_WEIGHTS).is_file():
+            raise CheckpointError(f"{path} is neither a finished run (no {RUN_WEIGHTS}) nor a checkpoint (no "
+                                  f"{MANIFEST}): pass a train.py run folder once the run has finished, its "
+                                  "best.safetensors, a folder under its checkpoints/, or a .safetensors file")
+        path = path / RUN_WEIGHTS
+    weights, metadata = load_weights(path)
+    name = metadata.get("model", default_name)
+    if name is None:
+        raise CheckpointError(f"{path} does not say which net it holds (no 'model' in its metadata): name the net "
+                              "it was trained as (--model NAME; `python -m cifar.nets` lists them)")
+    try:
+        net = build_net(name)
+    except ValueError as error:
+        raise CheckpointError(f"{path} holds net {name!r}, which this code does not define ({error}): load it with "
+                              "the version of this project that trained it") from None
+    misfit = _state_dict_misfit(net.state_dict(), weights)
+    if misfit:
+        raise CheckpointError(f"{path}: its weights do not fit net {name!r} ({misfit}): name the net they were "
+                              "trained as (--model NAME)")
+    net.load_state_dict(weights)
+    return net, name, metadata
 
 
 def numpy_rng_state() -> dict[str, Any]:
@@ -328,6 +392,17 @@ def _checkpoint_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
                               f"model's state_dict under {WEIGHTS_PAYLOAD!r}")
     meta = manifest.get("meta") or {}
     return state, {key: value if isinstance(value, str) else json.dumps(value) for key, value in meta.items()}
+
+
+def _state_dict_misfit(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor]) -> str | None:
+    """Why ``found`` does not load into a module whose state is ``expected``, in one line; None if it does."""
+    missing = [key for key in expected if key not in found]
+    unexpected = [key for key in found if key not in expected]
+    reshaped = [f"{key} {tuple(found[key].shape)} instead of {tuple(value.shape)}"
+                for key, value in expected.items() if key in found and found[key].shape != value.shape]
+    problems = [f"{len(keys)} {what}, e.g. {keys[0]}" for keys, what in
+                ((missing, "missing keys"), (unexpected, "unexpected keys"), (reshaped, "of another shape")) if keys]
+    return "; ".join(problems) or None
 
 
 def _is_file_record(name: object, record: object) -> bool:

@@ -46,7 +46,8 @@ class TrainConfig:
     model: str = _setting(DEFAULT_NET, "net to train (python -m cifar.nets lists them)", list_nets)
     data_dir: str = _setting("./data", "folder holding CIFAR-10 (either layout) or one level above it")
     output_dir: str | None = _setting(None, "where the run writes everything (default: runs/<model>-<time>)")
-    download: bool = _setting(False, "download CIFAR-10 into --data-dir when it is not there")
+    download: bool = _setting(True, "download CIFAR-10 (checksummed) into --data-dir when no dataset is found "
+                                    "there; --no-download forbids network access")
     epochs: int = _setting(35, "passes over the training images")
     batch_size: int = _setting(512, "global batch: images per optimizer step over all processes")
     grad_accum: int = _setting(1, "micro-batches per optimizer step (the global batch is split into them)")
@@ -67,7 +68,8 @@ class TrainConfig:
     checkpoint_every: int = _setting(200, "also checkpoint every N optimizer steps (0: only at epoch ends)")
     keep_last: int = _setting(2, "keep the newest K checkpoints (plus the best one)")
     resume: str | None = _setting(None, "'auto' (newest complete checkpoint in --output-dir) or a checkpoint path")
-    eval_only: str | None = _setting(None, "evaluate a .safetensors file or a checkpoint on the test set and exit")
+    eval_only: str | None = _setting(None, "test a run folder, shipped result (results/NAME or NAME), "
+                                           ".safetensors file or checkpoint, then exit")
     sync_bn: bool = _setting(False, "batch statistics over all processes (SyncBatchNorm)")
     ema: bool = _setting(False, "keep an EMA of the weights; evaluate and export it")
     ema_decay: float = _setting(0.999, "EMA decay per optimizer step")
@@ -129,6 +131,26 @@ def trajectory_differences(saved: dict[str, Any], config: TrainConfig) -> list[s
     now = config.to_dict()
     return [f"{_flag(name)}: {saved.get(name)!r} in the checkpoint, {now[name]!r} now"
             for name in TRAJECTORY_FIELDS if saved.get(name) != now[name]]
+
+
+def config_flags(saved: dict[str, Any], leave_out: Sequence[str] = ()) -> list[str]:
+    """The train.py flags that set each value of a saved config (config.yaml's mapping) that differs from its
+    default, in field order: ``--flag value``, ``--flag``/``--no-flag`` for switches, commas for lists.
+    Fields in ``leave_out``, and those the saved config lacks (it predates them), are left out."""
+    flags: list[str] = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in leave_out or f.name not in saved:
+            continue
+        value, default = saved[f.name], f.default
+        if value == (list(default) if isinstance(default, tuple) else default):
+            continue
+        if isinstance(value, bool):
+            flags.append(_flag(f.name) if value else "--no-" + _flag(f.name)[2:])
+        elif isinstance(value, list):
+            flags += [_flag(f.name), ",".join(map(str, value))]
+        else:
+            flags += [_flag(f.name), str(value)]
+    return flags
 
 
 def build_parser() -> argparse.ArgumentParser:

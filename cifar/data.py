@@ -123,7 +123,8 @@ def load_cifar(data_dir: str | os.PathLike[str], download: bool = False) -> Cifa
         if not download:
             raise CifarDataError(
                 f"no CIFAR-10 dataset in '{root}' (searched it and its immediate subfolders): expected "
-                f"{_LAYOUTS_HELP}. Either {_FIX_HELP}, or let the trainer download it there."
+                f"{_LAYOUTS_HELP}. Either {_FIX_HELP}, or let the trainer download it there (it does unless "
+                "given --no-download)."
             )
         download_cifar(root)
         found = find_dataset(root)
@@ -196,7 +197,7 @@ def download_cifar(data_dir: str | os.PathLike[str]) -> None:
     root = Path(data_dir).expanduser()
     offline_help = (
         f"Nothing to load in '{root}' either: it should hold {_LAYOUTS_HELP}. On a machine without network, "
-        f"{_FIX_HELP}."
+        f"{_FIX_HELP}; the trainer's --no-download then forbids any network access."
     )
     host = urlsplit(DOWNLOAD_URL).hostname or ""
     try:

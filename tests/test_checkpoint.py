@@ -450,3 +450,17 @@ def test_load_weights_names_the_path_and_the_problem(tmp_path, make, problem):
     with pytest.raises(CheckpointError) as error:
         load_weights(path)
     assert str(path) in str(error.value) and problem in str(error.value)
+
+
+def test_equal_weights_give_equal_files_in_every_process(tmp_path: Path) -> None:
+    # safetensors orders metadata by a per-process hash: without sorting, two processes write different bytes.
+    script = ("import sys, torch; from pathlib import Path; from cifar.checkpoint import save_weights; "
+              "save_weights({'w': torch.arange(6.0)}, Path(sys.argv[1]), "
+              "{k: k * 2 for k in ('model', 'mean', 'std', 'classes', 'extra', 'é')})")
+    root = Path(__file__).resolve().parents[1]
+    files = [tmp_path / f"{i}.safetensors" for i in range(4)]
+    for path in files:
+        subprocess.run([sys.executable, "-c", script, str(path)], cwd=root, check=True)
+    assert len({path.read_bytes() for path in files}) == 1
+    weights, metadata = load_weights(files[0])
+    assert metadata["é"] == "éé" and torch.equal(weights["w"], torch.arange(6.0))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cifar.config import (ConfigError, TrainConfig, build_parser, load_yaml, parse_config, save_yaml,
+from cifar.config import (ConfigError, TrainConfig, build_parser, config_flags, load_yaml, parse_config, save_yaml,
                           trajectory_differences)
 
 REQUIRED_FLAGS = ("--model", "--data-dir", "--output-dir", "--epochs", "--batch-size", "--lr", "--optimizer",
@@ -234,3 +234,16 @@ def test_flags_cannot_be_abbreviated() -> None:
     with pytest.raises(SystemExit) as exited:
         parse_config(["--epoch", "3"])
     assert exited.value.code == 2
+
+
+def test_config_flags_rebuild_a_saved_config_from_its_non_default_values() -> None:
+    config = TrainConfig(epochs=10, cpu=True, nesterov=False, wandb_tags=("a", "b"), lr=5e-4, output_dir="runs/x",
+                         seed=3)
+    saved = config.to_dict()
+    flags = config_flags(saved, leave_out=("output_dir",))
+    assert flags == ["--epochs", "10", "--lr", "0.0005", "--no-nesterov", "--seed", "3", "--cpu",
+                     "--wandb-tags", "a,b"]
+    assert parse_config(flags) == dataclasses.replace(config, output_dir=None)
+    # Settings an older config.yaml lacks are left out rather than invented.
+    del saved["epochs"]
+    assert "--epochs" not in config_flags(saved)

@@ -51,14 +51,14 @@ def test_aggregate_mean_and_sample_std(tmp_path: Path) -> None:
     assert stats["best_val_acc_mean"] == pytest.approx(0.91)     # runs without a validation split left out
     assert stats["train_seconds_mean"] == pytest.approx(20.0)
     table = runs_table(runs, stats, [])
-    assert "3 run(s): test acc 92.00% ± 2.00%, best val 91.00% ± 2.83%, train 20.0 ± 10.0 s" in table
+    assert "3 run(s): test acc 92.00% ± 2.00%, flip TTA -, best val 91.00% ± 2.83%, train 20.0 ± 10.0 s" in table
 
 
 def test_aggregate_of_one_run_has_no_std(tmp_path: Path) -> None:
     runs = [read_run(write_run(tmp_path / "s0", 0, 0.9))]
     stats = aggregate(runs)
     assert stats["test_acc_std"] is None
-    assert "1 run(s): test acc 90.00%, best val 50.00%, train 10.0 s" in runs_table(runs, stats, [])
+    assert "1 run(s): test acc 90.00%, flip TTA -, best val 50.00%, train 10.0 s" in runs_table(runs, stats, [])
 
 
 def test_unfinished_and_foreign_folders_are_named(tmp_path: Path) -> None:

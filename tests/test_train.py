@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from safetensors.torch import load_file
 
 from cifar import checkpoint as ckpt
 from cifar.data import load_cifar
-from tests.tiny_data import write_tiny_cifar
+from tests.tiny_data import download_host_reachable, write_tiny_cifar
 
 pytestmark = pytest.mark.slow
 
@@ -72,22 +73,38 @@ def newest_step(run: Path) -> int:
     return int(found[-1].name.split("-")[1]) if found else -1
 
 
-def kill_during_training(cmd: list[str], run: Path, rng: random.Random, sig: int = signal.SIGKILL) -> int:
+@dataclass
+class Ending:
+    returncode: int
+    stderr: str
+
+
+def kill_during_training(cmd: list[str], run: Path, rng: random.Random, sig: int = signal.SIGKILL,
+                         group: bool = True, max_delay: float = 0.6, timeout: float = 120) -> Ending:
     """Start ``cmd``, wait until it has saved a checkpoint newer than the ones already there, then send ``sig``
-    to its whole process group after a random delay, so that it lands at a different point of the work each time
-    (mid-step, mid-checkpoint, mid-evaluation). Returns the exit status."""
+    after a random delay of up to ``max_delay`` seconds, so that it lands at a different point of the work each
+    time (mid-step, mid-checkpoint, mid-evaluation): to the whole process group (as a terminal's Ctrl-C or a
+    scheduler does) or to the started process alone (as ``kill`` does). A process still there ``timeout`` seconds
+    later fails the test, and its group is killed."""
     before = newest_step(run)
     process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     deadline = time.monotonic() + 240
     while newest_step(run) <= before and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(rng.uniform(0.0, 0.6))
+    time.sleep(rng.uniform(0.0, max_delay))
     if process.poll() is None:
-        os.killpg(process.pid, sig)
-    _, stderr = process.communicate(timeout=120)
-    process.stderr_text = stderr  # type: ignore[attr-defined]
-    return process.returncode
+        if group:
+            os.killpg(process.pid, sig)
+        else:
+            process.send_signal(sig)
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return Ending(process.returncode, stderr)
 
 
 def assert_same_run(straight: Path, resumed: Path) -> None:
@@ -126,9 +143,11 @@ def test_a_run_writes_what_it_promises(straight: Path) -> None:
     # Plain keys: the weights load into a freshly built net.
     from cifar.nets import build_net
     build_net("c4net_tiny").load_state_dict(load_file(straight / "model.safetensors"), strict=True)
-    # keep-last 2 plus the best one.
+    # keep-last 2 plus the best one, plus the start of the last epoch (step 14), which cifar.replay needs.
     kept = ckpt.list_checkpoints(straight / "checkpoints")
-    assert kept[-1].name == ckpt.checkpoint_name(21) and 2 <= len(kept) <= 3
+    assert kept[-1].name == ckpt.checkpoint_name(21) and 3 <= len(kept) <= 4
+    assert summary["last_epoch_start"] == ckpt.checkpoint_name(14)
+    assert straight / "checkpoints" / ckpt.checkpoint_name(14) in kept
 
 
 def test_sigkill_anywhere_then_resume_auto_is_bit_identical(tiny: Path, straight: Path, tmp_path: Path) -> None:
@@ -136,7 +155,7 @@ def test_sigkill_anywhere_then_resume_auto_is_bit_identical(tiny: Path, straight
     cmd = command(*BASE, "--data-dir", tiny, "--epochs", "3", "--output-dir", out, "--resume", "auto")
     rng = random.Random(int(time.time()))
     for _ in range(3):
-        assert kill_during_training(cmd, out, rng) in (-signal.SIGKILL, 0)
+        assert kill_during_training(cmd, out, rng).returncode in (-signal.SIGKILL, 0)
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "resumed from" in result.stdout
@@ -166,6 +185,33 @@ def test_sigterm_saves_a_checkpoint_and_exits_75_then_resumes_exactly(tiny: Path
     assert result.returncode == 0, result.stderr
     assert f"step {step})" in result.stdout
     assert_same_run(reference, out)
+
+
+def assert_interrupted_with_a_checkpoint(ending: Ending, run: Path) -> None:
+    """The run said it stopped for the SIGINT, how to resume, and the step it saved; that checkpoint verifies."""
+    step = newest_step(run)
+    assert f"stopped by SIGINT at step {step}; checkpoint saved" in ending.stderr, ending.stderr
+    assert "--resume auto" in ending.stderr
+    assert ckpt.verify_checkpoint(run / "checkpoints" / ckpt.checkpoint_name(step))
+    assert not (run / "model.safetensors").exists()
+
+
+def test_sigint_alone_or_to_the_group_saves_a_checkpoint_exits_130_then_resumes_exactly(
+        tiny: Path, straight: Path, tmp_path: Path) -> None:
+    """Ctrl-C as `kill -INT <pid>` sends it (the process alone) and as a terminal does (the whole process group,
+    DataLoader workers included): the step is finished, a checkpoint saved, exit 130, no traceback."""
+    out = tmp_path / "run"
+    cmd = command(*BASE, "--data-dir", tiny, "--epochs", "3", "--output-dir", out, "--resume", "auto")
+    rng = random.Random(int(time.time()))
+    for group in (False, True):
+        # Soon after a checkpoint: early enough that training is not over (then the run would just finish).
+        ending = kill_during_training(cmd, out, rng, signal.SIGINT, group=group, max_delay=0.1, timeout=60)
+        assert ending.returncode == 130, ending.stderr
+        assert "Traceback" not in ending.stderr, ending.stderr
+        assert_interrupted_with_a_checkpoint(ending, out)
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert_same_run(straight, out)
 
 
 def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(tiny: Path, straight: Path, tmp_path: Path) -> None:
@@ -208,25 +254,65 @@ def test_nonfinite_loss_stops_with_exit_3_and_keeps_the_last_good_checkpoint(tin
     assert not (out / "model.safetensors").exists()
 
 
+def test_an_unexpected_error_mid_training_exits_1_with_a_traceback_instead_of_hanging(tiny: Path,
+                                                                                    tmp_path: Path) -> None:
+    """An error the trainer does not expect (here `checkpoints` is a file: the first save, at step 2, fails) while
+    its DataLoader workers run: they ignore SIGTERM, which multiprocessing's exit handler alone would wait on
+    forever."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoints").write_text("not a folder")
+    result = train(*BASE, "--data-dir", tiny, "--epochs", "2", "--output-dir", out, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" in result.stderr and "FileExistsError" in result.stderr, result.stderr
+
+
 # ---------------------------------------------------------------- several processes
 
 
-def test_two_processes_count_every_image_once_and_resume_exactly(tiny: Path, tmp_path: Path) -> None:
-    args = [*BASE, "--data-dir", tiny, "--epochs", "2"]
-    reference = tmp_path / "straight"
-    result = train(*args, "--output-dir", reference, processes=2)
+TWO = [*BASE, "--epochs", "2"]
+
+
+@pytest.fixture(scope="module")
+def straight_two(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference of the 2-process runs: two epochs on 2 gloo processes, never interrupted."""
+    out = tmp_path_factory.mktemp("straight_two") / "run"
+    result = train(*TWO, "--data-dir", tiny, "--output-dir", out, processes=2)
     assert result.returncode == 0, result.stderr
     assert "2 process(es)" in result.stdout and "MULTI_CPU" in result.stdout
-    assert all(row["train_images"] == 200 for row in rows(reference))
-    assert json.loads((reference / "summary.json").read_text())["test_images"] == 100
+    return out
+
+
+def test_two_processes_count_every_image_once_and_resume_exactly(tiny: Path, straight_two: Path,
+                                                                 tmp_path: Path) -> None:
+    assert all(row["train_images"] == 200 for row in rows(straight_two))
+    assert json.loads((straight_two / "summary.json").read_text())["test_images"] == 100
 
     out = tmp_path / "killed"
-    cmd = command(*args, "--output-dir", out, "--resume", "auto", processes=2)
-    assert kill_during_training(cmd, out, random.Random(int(time.time()))) != 0
+    cmd = command(*TWO, "--data-dir", tiny, "--output-dir", out, "--resume", "auto", processes=2)
+    assert kill_during_training(cmd, out, random.Random(int(time.time()))).returncode != 0
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "resumed from" in result.stdout
-    assert_same_run(reference, out)
+    assert_same_run(straight_two, out)
+
+
+def test_sigint_to_the_launcher_alone_or_its_group_saves_a_checkpoint_then_resumes_exactly(
+        tiny: Path, straight_two: Path, tmp_path: Path) -> None:
+    """`accelerate launch` (torchrun) starts each process in a session of its own and passes a SIGINT it gets
+    (alone, or with its group as Ctrl-C sends it) on to each: both finish their step, save, and exit 130. The
+    launcher itself then exits 1 with torch's SignalException traceback, which this project cannot change."""
+    out = tmp_path / "run"
+    cmd = command(*TWO, "--data-dir", tiny, "--output-dir", out, "--resume", "auto", processes=2)
+    rng = random.Random(int(time.time()))
+    for group in (False, True):
+        ending = kill_during_training(cmd, out, rng, signal.SIGINT, group=group, max_delay=0.1, timeout=60)
+        assert ending.returncode != 0, ending.stderr
+        assert all("SignalException" in part for part in ending.stderr.split("Traceback")[1:]), ending.stderr
+        assert_interrupted_with_a_checkpoint(ending, out)
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert_same_run(straight_two, out)
 
 
 def test_sync_bn_on_two_processes_matches_one_process_with_the_same_global_batch(tiny: Path, tmp_path: Path) -> None:
@@ -276,6 +362,7 @@ def wandb_values(run_file: Path, key: str) -> list[str]:
 
 
 def test_wandb_offline_writes_a_run_and_a_resumed_run_continues_it(tiny: Path, tmp_path: Path) -> None:
+    """The first start writes its W&B files into the output folder; the resumed one honours WANDB_DIR."""
     out = tmp_path / "run"
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     args = [*BASE, "--data-dir", tiny, "--epochs", "2", "--output-dir", out, "--wandb", "--wandb-group", "g1",
@@ -287,10 +374,13 @@ def test_wandb_offline_writes_a_run_and_a_resumed_run_continues_it(tiny: Path, t
     process.send_signal(signal.SIGUSR1)  # what SLURM's --signal sends before a time limit
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 75 and "stopped by SIGUSR1" in stderr, stderr
-    result = train(*args, env=env)
+    wandb_dir = tmp_path / "scratch"
+    wandb_dir.mkdir()
+    result = train(*args, env={**env, "WANDB_DIR": str(wandb_dir)})
     assert result.returncode == 0, result.stderr
-    runs = sorted((out / "wandb").glob("offline-run-*"))
-    assert len(runs) == 2
+    first, second = (sorted((where / "wandb").glob("offline-run-*")) for where in (out, wandb_dir))
+    assert len(first) == 1 and len(second) == 1, (first, second)
+    runs = first + second
     assert len({path.name.rsplit("-", 1)[1] for path in runs}) == 1, runs  # the resumed run kept the run id
     logs = [next(path.glob("run-*.wandb")) for path in runs]
     # Every optimizer step logged exactly once over the two processes' lifetimes: 2 epochs of 7 steps.
@@ -316,7 +406,8 @@ def test_bad_input_fails_at_once_naming_the_problem_and_the_fix(tiny: Path, stra
     junk = tmp_path / "junk.safetensors"
     junk.write_text("not weights")
     cases = [
-        (["--data-dir", tmp_path / "nothing"], ["no CIFAR-10 dataset", "nothing", "--data-dir"]),
+        (["--data-dir", tmp_path / "nothing", "--no-download"],
+         ["no CIFAR-10 dataset", "nothing", "--data-dir", "--no-download"]),
         (["--data-dir", tiny, "--epochs", "0"], ["--epochs 0", "positive integer"]),
         (["--data-dir", tiny, "--model", "resnet"], ["'resnet'", "c4net"]),
         (["--data-dir", tiny, "--resume", tmp_path / "missing"], ["no such checkpoint", "missing"]),
@@ -336,3 +427,18 @@ def test_bad_input_fails_at_once_naming_the_problem_and_the_fix(tiny: Path, stra
     assert not (tmp_path / "wb" / "checkpoints").exists()
     # Nothing that was saved was touched.
     assert before == {path: path.read_bytes() for path in (straight / "checkpoints").rglob("*") if path.is_file()}
+
+
+@pytest.mark.skipif(download_host_reachable(), reason="the download server answers: this test is about a "
+                    "machine without network")
+def test_without_data_or_network_the_default_download_fails_at_once_naming_the_fix(tmp_path: Path) -> None:
+    """Downloading is the default; offline it fails within seconds (a probe, not a long network timeout)."""
+    start = time.monotonic()
+    result = train("--cpu", "--num-workers", "0", "--data-dir", tmp_path / "nothing", timeout=120)
+    seconds = time.monotonic() - start
+    assert result.returncode == 2, result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    for needed in ("error: cannot download", str(tmp_path / "nothing"), "cifar-10-batches-py", "train/<class>",
+                   "--data-dir", "--no-download"):
+        assert needed in message, message
+    assert seconds < 60, f"{seconds:.0f} s: the download attempt waited on the network"

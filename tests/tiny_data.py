@@ -1,11 +1,16 @@
-"""A tiny, learnable CIFAR-like dataset in the image-folder layout, for end-to-end runs of train.py."""
+"""A tiny, learnable CIFAR-like dataset in the image-folder layout, for end-to-end runs of train.py; and whether
+the real dataset's download server answers, for the tests of a machine without network."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
+
+from cifar.data import DOWNLOAD_URL
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -33,3 +38,12 @@ def write_tiny_cifar(root: Path, train_per_class: int = 24, test_per_class: int 
             for i in range(count):
                 Image.fromarray(class_image(label, rng)).save(folder / f"{i:04d}.png")
     return root
+
+
+def download_host_reachable() -> bool:
+    """Whether CIFAR-10's download server accepts a connection (tests of the offline failure skip where it does)."""
+    try:
+        socket.create_connection((urlsplit(DOWNLOAD_URL).hostname, 443), timeout=2).close()
+    except OSError:
+        return False
+    return True

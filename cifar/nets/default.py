@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cifar.nets import dilated
 from cifar.nets.layers import CifarNet, ClassifierHead, DepthwiseSeparableConv, same_padding
 from cifar.nets.registry import register_net
 
@@ -33,7 +34,7 @@ class StageSpec:
 def _conv(in_channels: int, out_channels: int, stride: int, dilation: int, separable: bool) -> nn.Module:
     if separable:
         return DepthwiseSeparableConv(in_channels, out_channels, 3, stride, dilation)
-    return nn.Conv2d(in_channels, out_channels, 3, stride, same_padding(3, dilation), dilation, bias=False)
+    return dilated.Conv2d(in_channels, out_channels, 3, stride, same_padding(3, dilation), dilation, bias=False)
 
 
 class ConvUnit(nn.Sequential):

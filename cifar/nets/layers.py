@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cifar.nets import dilated
+
 
 class CifarNet(nn.Module):
     """``head(features(x))``: a spatial trunk, then global pooling and a classifier."""
@@ -46,7 +48,7 @@ class ConvBNAct(nn.Sequential):
         if padding is None:
             padding = same_padding(kernel_size, dilation)
         layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=bias),
+            dilated.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=bias),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         ]
@@ -71,7 +73,8 @@ class DepthwiseSeparableConv(nn.Sequential):
         if padding is None:
             padding = same_padding(kernel_size, dilation)
         super().__init__(
-            nn.Conv2d(in_channels, in_channels, kernel_size, stride, padding, dilation, groups=in_channels, bias=bias),
+            dilated.Conv2d(in_channels, in_channels, kernel_size, stride, padding, dilation, groups=in_channels,
+                           bias=bias),
             nn.Conv2d(in_channels, out_channels, 1, bias=bias),
         )
 

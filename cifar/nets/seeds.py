@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from cifar.nets import dilated
 from cifar.nets.layers import CifarNet, ClassifierHead, ConvBNAct, DepthwiseSeparableConv
 from cifar.nets.registry import register_net
 
@@ -72,7 +73,7 @@ def seed001(num_classes: int = 10) -> CifarNet:
     """
 
     def transition(in_channels: int, out_channels: int) -> nn.Conv2d:
-        return nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=2, dilation=2, bias=False)
+        return dilated.Conv2d(in_channels, out_channels, 3, stride=2, padding=2, dilation=2, bias=False)
 
     features = nn.Sequential(
         nn.Sequential(ConvBNAct(3, 16), ConvBNAct(16, 32), ConvBNAct(32, 64)),

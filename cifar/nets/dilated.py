@@ -1,0 +1,217 @@
+"""Dilated convolutions on the CPU through space-to-batch, where oneDNN's own path is slow.
+
+On CPUs without AVX-512, oneDNN has no fast backward for dilated convolutions: its depthwise kernels and the
+AVX2 backward-weights kernel require dilation 1, so it falls back to im2col + sgemm, about 20× slower than
+the same maths done as space-to-batch → undilated convolution → batch-to-space (TensorFlow's
+``with_space_to_batch``): a 3×3 conv with dilation ``d`` at stride 1 is an ordinary 3×3 conv of each of the
+``d × d`` phases ``x[r::d, s::d]`` of its zero-padded input, and at stride ``d`` it is that conv of phase 0
+alone.
+
+:class:`Conv2d` is an ``nn.Conv2d`` (same parameters and state-dict keys) that takes this path for its
+backward on the CPU; the forward stays oneDNN's dilated convolution, whose output the path leaves
+unchanged, and so does everything that needs no gradient (evaluation, the net analysis, export). The
+input gradient matches the native one; the weight gradient differs in the last bits (summation order).
+Which layers take the path is a fixed rule of their configuration (:func:`uses_space_to_batch`), never a
+run-time measurement, so that a resumed run computes exactly what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """Channels-last for a channels-last tensor (not also contiguous, as 1×1 maps are), else contiguous."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _placements(offset: int, length: int, d: int, phases: int) -> list[tuple[slice, slice]]:
+    """Per phase ``r < phases`` along one axis, for a line of ``length`` pixels placed at ``offset`` in a canvas:
+    (the pixels of the line in canvas phase ``r``, i.e. canvas pixels ``r``, ``r + d``, ..., and where they sit
+    within that phase)."""
+    placements = []
+    for r in range(phases):
+        first = (r - offset) % d
+        count = len(range(first, length, d))
+        start = (first + offset) // d
+        placements.append((slice(first, length, d), slice(start, start + count)))
+    return placements
+
+
+def to_phases(x: torch.Tensor, offset: int, phase_size: tuple[int, int], d: int, phases: int) -> torch.Tensor:
+    """Space-to-batch of ``x`` placed at ``(offset, offset)`` in a zero canvas of ``d·phase_size`` pixels.
+
+    Returns ``(phases²·N, C, *phase_size)``: batch block ``r·phases + s`` is the canvas's pixels
+    ``[r::d, s::d]``. ``phases = d`` gives every phase (space-to-batch); ``phases = 1`` only the first (the
+    input a stride-``d`` conv reads). Each pixel is copied once; the canvas is never built. The result is
+    channels-last whatever the layout of ``x``: oneDNN's kernels read that directly, where they would
+    reorder NCHW, and the copy transposes for free (measured faster for NCHW inputs too).
+    """
+    n, c, h, w = x.shape
+    out = torch.empty((phases * phases * n, c, *phase_size), dtype=x.dtype, device=x.device,
+                      memory_format=torch.channels_last)
+    row_placements = _placements(offset, h, d, phases)
+    col_placements = _placements(offset, w, d, phases)
+    covered = all(at == slice(0, size) for placements, size in ((row_placements, phase_size[0]),
+                                                                (col_placements, phase_size[1]))
+                  for _, at in placements)
+    if not covered:
+        out.zero_()
+    blocks = out.view(phases, phases, n, c, *phase_size)
+    for r, (rows, at_rows) in enumerate(row_placements):
+        for s, (cols, at_cols) in enumerate(col_placements):
+            blocks[r, s, :, :, at_rows, at_cols].copy_(x[:, :, rows, cols])
+    return out
+
+
+def from_phases(blocks: torch.Tensor, offset: int, size: tuple[int, int], d: int, phases: int,
+                memory_format: torch.memory_format) -> torch.Tensor:
+    """The inverse of :func:`to_phases`: the ``size`` pixels at ``(offset, offset)`` of the canvas whose phases
+    are ``blocks``; pixels of phases not given (``phases < d``) are zero."""
+    n = blocks.shape[0] // (phases * phases)
+    out = torch.empty((n, blocks.shape[1], *size), dtype=blocks.dtype, device=blocks.device,
+                      memory_format=memory_format)
+    if phases != d:
+        out.zero_()
+    blocks = blocks.view(phases, phases, n, *blocks.shape[1:])
+    for r, (rows, at_rows) in enumerate(_placements(offset, size[0], d, phases)):
+        for s, (cols, at_cols) in enumerate(_placements(offset, size[1], d, phases)):
+            out[:, :, rows, cols] = blocks[r, s, :, :, at_rows, at_cols]
+    return out
+
+
+@dataclass(frozen=True)
+class PhaseLayout:
+    """How a conv of dilation ``d`` at stride 1 or ``d`` splits into undilated convs of phases.
+
+    The input goes at ``offset`` into a canvas of ``in_size`` pixels per phase, of which the first ``phases``
+    per axis are convolved (all ``d`` at stride 1, the first alone at stride ``d``) by an undilated conv with
+    padding ``conv_padding``; each phase's output is ``out_size``.
+    """
+
+    phases: int
+    offset: int
+    conv_padding: int
+    in_size: tuple[int, int]
+    out_size: tuple[int, int]
+
+    @staticmethod
+    def of(size: Sequence[int], kernel: Sequence[int], stride: int, padding: int, d: int) -> PhaseLayout:
+        """The layout for an input of ``size`` (H, W) and a ``kernel`` (kh, kw).
+
+        Padding by whole phases is left to the phase conv, which pads without copying, as far as oneDNN's
+        depthwise backward-weights kernel takes it: at most ``(k - 1) // 2``, on maps no smaller than the
+        kernel; beyond that it falls back to im2col + sgemm. The rest of the padding goes into the canvas.
+        """
+        def layout(conv_padding: int) -> PhaseLayout:
+            offset = padding - d * conv_padding
+            in_size = tuple(-(-(n + 2 * offset) // d) for n in size)
+            out_size = tuple(n + 2 * conv_padding - k + 1 for n, k in zip(in_size, kernel))
+            return PhaseLayout(d if stride == 1 else 1, offset, conv_padding, in_size, out_size)
+
+        padded_by_conv = layout(min(padding // d, (min(kernel) - 1) // 2))
+        if all(n >= k for n, k in zip(padded_by_conv.in_size, kernel)):
+            return padded_by_conv
+        return layout(0)
+
+
+class _SpaceToBatchConv(torch.autograd.Function):
+    """``F.conv2d`` with dilation ``d`` at stride 1 or ``d`` whose backward is an undilated conv of the phases."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, d, groups):
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (stride, padding, d, groups, bias is not None)
+        return F.conv2d(x, weight, bias, stride, padding, d, groups)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        stride, padding, d, groups, has_bias = ctx.conf
+        layout = PhaseLayout.of(x.shape[-2:], weight.shape[-2:], stride, padding, d)
+        x_phases = to_phases(x, layout.offset, layout.in_size, d, layout.phases)
+        if layout.phases == d:
+            g_phases = to_phases(grad_out, 0, layout.out_size, d, d)
+        else:
+            g_phases = grad_out.contiguous(memory_format=torch.channels_last)
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]]
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            g_phases, x_phases, weight, [weight.shape[0]] if has_bias else None,
+            [1, 1], [layout.conv_padding] * 2, [1, 1], False, [0, 0], groups, mask)
+        if mask[0]:
+            gx = from_phases(gx, layout.offset, x.shape[-2:], d, layout.phases, _memory_format(x))
+        return gx, gw, gb, None, None, None, None
+
+
+def space_to_batch_supported(stride: tuple[int, ...], padding: tuple[int, ...] | str, dilation: tuple[int, ...],
+                             padding_mode: str = "zeros") -> bool:
+    """Whether :func:`space_to_batch_conv2d` computes a conv of this configuration: the same dilation
+    ``d > 1``, stride (1 or ``d``) and zero padding on both axes."""
+    d = dilation[0]
+    return (d > 1 and len(set(dilation)) == 1 and stride[0] in (1, d) and len(set(stride)) == 1
+            and not isinstance(padding, str) and len(set(padding)) == 1 and padding_mode == "zeros")
+
+
+def space_to_batch_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int,
+                          padding: int, dilation: int, groups: int) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, stride, padding, dilation, groups)``, whose backward is an undilated conv
+    of the phases of ``x``; ``dilation > 1`` and ``stride`` is 1 or ``dilation``."""
+    if dilation < 2 or stride not in (1, dilation):
+        raise ValueError(f"space-to-batch computes a conv of dilation > 1 at stride 1 or equal to the dilation, "
+                         f"not dilation {dilation} at stride {stride}; use F.conv2d for it")
+    return _SpaceToBatchConv.apply(x, weight, bias, stride, padding, dilation, groups)
+
+
+# oneDNN's x86 kernels compute a dilated backward themselves only with AVX-512; with AVX2 they fall back to
+# im2col + sgemm. ATen's CPU capability says which of the two this CPU has.
+_SLOW_NATIVE_BACKWARD = torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
+def uses_space_to_batch(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Whether ``conv(x)`` computes its backward through space-to-batch.
+
+    Only in float32 outside autocast, on a CPU whose oneDNN falls back to im2col for a dilated backward
+    (AVX2, no AVX-512), when a gradient of ``x`` or of the weight is wanted, for a configuration
+    :func:`space_to_batch_supported`, and there only where ``bench_dilated_conv.py`` measured it faster
+    (forward + backward, every dilated conv of the registered nets, batch 128 and 256):
+    - stride = dilation (the strided transitions): it convolves one phase, 1/d² of the input (1.2-14×);
+    - depthwise: in channels-last (2-14×), and in NCHW at dilation 2 (1.8-2.9×; at dilation 4 on 8×8
+      maps the 16 phases of 2×2 pixels make it slower);
+    - other convs: in channels-last, where the padding is whole phases (a multiple of the dilation, so
+      nothing is copied for it) and the dilation is at most 4 (1.0-1.7×); in NCHW it is not faster.
+    A fixed rule, not a run-time measurement, so that a resumed run computes what an uninterrupted one does.
+    """
+    if not (_SLOW_NATIVE_BACKWARD and x.device.type == "cpu" and x.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and torch.is_grad_enabled()
+            and (x.requires_grad or conv.weight.requires_grad)
+            and space_to_batch_supported(conv.stride, conv.padding, conv.dilation, conv.padding_mode)):
+        return False
+    d = conv.dilation[0]
+    channels_last = _memory_format(x) == torch.channels_last
+    if conv.stride[0] == d:
+        return True
+    if conv.groups == conv.in_channels:
+        return channels_last or d == 2
+    return channels_last and conv.padding[0] % d == 0 and d <= 4
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` that computes its backward through space-to-batch where :func:`uses_space_to_batch` says so.
+
+    It has the parameters, state-dict keys and forward output of an ``nn.Conv2d`` built with the same
+    arguments, and its name, so that a net prints and analyses as before; where the rule does not apply
+    (CUDA, no dilation, no gradient, other strides) it is an ``nn.Conv2d``.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if uses_space_to_batch(self, input):
+            return space_to_batch_conv2d(input, self.weight, self.bias, self.stride[0], self.padding[0],
+                                         self.dilation[0], self.groups)
+        return super().forward(input)
