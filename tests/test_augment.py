@@ -55,7 +55,7 @@ def step_names(augment: str | AugmentSettings) -> list[str]:
 
 
 def test_presets_are_named_like_the_nets() -> None:
-    assert set(AUGMENT_PRESETS) == {"default", "none", *SEED_PRESETS}
+    assert set(AUGMENT_PRESETS) == {"default", "light", "none", *SEED_PRESETS}
 
 
 def test_presets_build_the_seeds_pipelines_without_warnings() -> None:
