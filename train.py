@@ -438,7 +438,8 @@ def save_training_state(directory: Path, cfg: TrainConfig, accelerator: Accelera
                         optimizer: Any, schedule: Any, ema: AveragedModel | None, progress: Progress,
                         data: CifarArrays) -> None:
     """Every process contributes its RNG state; the main process writes the checkpoint atomically and prunes
-    old ones (keeping the best and the one at the start of the last epoch); all wait for it, so no process exits while the checkpoint is half written."""
+    old ones (keeping the best and the one at the start of the last epoch); all wait for it, so no process
+    exits while the checkpoint is half written."""
     rng_states = gather_object([rng_state()])
     if accelerator.is_main_process:
         payloads = {"model": ckpt.plain_state_dict(net), "optimizer": optimizer.state_dict(),

@@ -60,10 +60,18 @@ def conv_args(case: Case) -> tuple[int, int, int, int]:
     return case.stride, case.padding, case.dilation, case.groups
 
 
-@pytest.mark.parametrize("seed", range(60))
-def test_forward_and_gradients_match_dilated_conv2d(seed: int) -> None:
-    case = random_case(seed)
-    torch.manual_seed(seed)
+# c4net's dilated convs (at a tenth of the width), whose phases hold whole images: one copy moves them all.
+C4NET_CASES = [
+    Case(3, 8, 8, 8, 3, 2, 2, 2, 16, 16, False, True),
+    Case(3, 8, 8, 8, 3, 2, 1, 2, 8, 8, False, False),
+    Case(3, 16, 16, 16, 3, 4, 1, 4, 8, 8, False, True),
+]
+CASES = [random_case(seed) for seed in range(60)] + C4NET_CASES
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"random{seed}" for seed in range(60)] + ["c4-transition", "c3", "c4"])
+def test_forward_and_gradients_match_dilated_conv2d(case: Case) -> None:
+    torch.manual_seed(0)
     x, weight, bias = inputs(case)
     wrt = [t for t in (x, weight, bias) if t is not None]
     expected = F.conv2d(x, weight, bias, *conv_args(case))
@@ -107,9 +115,9 @@ def test_refuses_a_configuration_it_does_not_compute() -> None:
 
 
 @pytest.fixture
-def slow_native_backward(monkeypatch: pytest.MonkeyPatch) -> None:
-    """As on a CPU whose oneDNN has no fast dilated backward, whatever this machine is."""
-    monkeypatch.setattr(dilated, "_SLOW_NATIVE_BACKWARD", True)
+def avx2_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a CPU with AVX2 and without AVX-512, whatever this machine is."""
+    monkeypatch.setattr(dilated, "_CPU_CAPABILITY", "AVX2")
 
 
 def twin_convs(**kwargs: int) -> tuple[nn.Conv2d, dilated.Conv2d]:
@@ -120,7 +128,7 @@ def twin_convs(**kwargs: int) -> tuple[nn.Conv2d, dilated.Conv2d]:
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-def test_depthwise_module_takes_space_to_batch_and_matches_nn_conv2d(slow_native_backward: None,
+def test_depthwise_module_takes_space_to_batch_and_matches_nn_conv2d(avx2_cpu: None,
                                                                      channels_last: bool) -> None:
     torch.manual_seed(0)
     reference, conv = twin_convs(in_channels=8, out_channels=8, kernel_size=3, stride=2, padding=2, dilation=2,
@@ -149,7 +157,7 @@ def test_depthwise_module_takes_space_to_batch_and_matches_nn_conv2d(slow_native
     ("not on the CPU", dict(in_channels=4, out_channels=4, kernel_size=3, padding=2, dilation=2, groups=4), "meta",
      True),
 ])
-def test_module_keeps_the_native_conv(slow_native_backward: None, why: str, kwargs: dict, device: str,
+def test_module_keeps_the_native_conv(avx2_cpu: None, why: str, kwargs: dict, device: str,
                                       grad: bool) -> None:
     reference, conv = twin_convs(**kwargs)
     x = torch.randn(2, 4, 9, 9)
@@ -164,15 +172,16 @@ def test_module_keeps_the_native_conv(slow_native_backward: None, why: str, kwar
     (dict(in_channels=8, out_channels=8, groups=8, stride=2, padding=2, dilation=2), False, True),
     (dict(in_channels=8, out_channels=4, groups=1, stride=2, padding=2, dilation=2), False, True),
     (dict(in_channels=8, out_channels=8, groups=8, padding=2, dilation=2), False, True),
-    (dict(in_channels=8, out_channels=8, groups=8, padding=4, dilation=4), False, False),
+    (dict(in_channels=8, out_channels=8, groups=8, padding=4, dilation=4), False, True),
     (dict(in_channels=8, out_channels=8, groups=8, padding=4, dilation=4), True, True),
-    (dict(in_channels=8, out_channels=4, groups=1, padding=2, dilation=2), False, False),
-    (dict(in_channels=8, out_channels=4, groups=1, padding=2, dilation=2), True, True),
+    (dict(in_channels=8, out_channels=4, groups=1, padding=2, dilation=2), False, True),
+    (dict(in_channels=8, out_channels=4, groups=1, padding=4, dilation=4), False, False),
+    (dict(in_channels=8, out_channels=4, groups=1, padding=4, dilation=4), True, True),
     (dict(in_channels=8, out_channels=4, groups=1, padding=1, dilation=2), True, False),
     (dict(in_channels=8, out_channels=4, groups=1, padding=8, dilation=8), True, False),
 ], ids=["strided-depthwise", "strided-dense", "depthwise-d2", "depthwise-d4", "depthwise-d4-channels-last",
-        "dense", "dense-channels-last", "dense-channels-last-part-phase-padding", "dense-channels-last-d8"])
-def test_rule_takes_space_to_batch_where_it_was_measured_faster(slow_native_backward: None, kwargs: dict,
+        "dense-d2", "dense-d4", "dense-d4-channels-last", "dense-part-phase-padding", "dense-d8"])
+def test_rule_takes_space_to_batch_where_it_was_measured_faster(avx2_cpu: None, kwargs: dict,
                                                                 channels_last: bool, expected: bool) -> None:
     conv = dilated.Conv2d(kernel_size=3, **kwargs)
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -181,7 +190,7 @@ def test_rule_takes_space_to_batch_where_it_was_measured_faster(slow_native_back
     assert (conv(x).grad_fn.name() == "_SpaceToBatchConvBackward") is expected
 
 
-def test_module_keeps_the_native_conv_under_autocast(slow_native_backward: None) -> None:
+def test_module_keeps_the_native_conv_under_autocast(avx2_cpu: None) -> None:
     conv = dilated.Conv2d(4, 4, 3, padding=2, dilation=2, groups=4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = conv(torch.randn(2, 4, 8, 8))
@@ -190,10 +199,16 @@ def test_module_keeps_the_native_conv_under_autocast(slow_native_backward: None)
     assert conv.weight.grad is not None
 
 
-def test_native_path_on_a_cpu_with_fast_dilated_backward(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dilated, "_SLOW_NATIVE_BACKWARD", False)
-    out = dilated.Conv2d(4, 4, 3, padding=2, dilation=2, groups=4)(torch.randn(2, 4, 8, 8))
-    assert out.grad_fn.name() == "ConvolutionBackward0"
+@pytest.mark.parametrize("capability, groups, expected", [
+    ("AVX512", 4, True), ("AVX512", 1, False), ("AVX2", 1, True), ("DEFAULT", 4, False), ("SVE256", 4, False),
+])
+def test_rule_by_instruction_set(monkeypatch: pytest.MonkeyPatch, capability: str, groups: int,
+                                 expected: bool) -> None:
+    """Depthwise on every x86 CPU measured; dense convs at stride 1 with AVX2 only; nothing elsewhere."""
+    monkeypatch.setattr(dilated, "_CPU_CAPABILITY", capability)
+    conv = dilated.Conv2d(4, 4, 3, padding=2, dilation=2, groups=groups)
+    x = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+    assert (conv(x).grad_fn.name() == "_SpaceToBatchConvBackward") is expected
 
 
 # ---------------------------------------------------------------- the nets
@@ -222,7 +237,7 @@ def test_nets_have_the_parameters_and_analysis_of_nn_conv2d_nets(name: str, monk
 
 
 def test_c4net_trains_alike_through_space_to_batch(monkeypatch: pytest.MonkeyPatch,
-                                                   slow_native_backward: None) -> None:
+                                                   avx2_cpu: None) -> None:
     net, plain = build_both("c4net_tiny", monkeypatch)
     calls = []
     monkeypatch.setattr(dilated, "space_to_batch_conv2d",

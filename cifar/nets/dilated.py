@@ -1,18 +1,19 @@
-"""Dilated convolutions on the CPU through space-to-batch, where oneDNN's own path is slow.
+"""Dilated convolutions on the CPU through space-to-batch, where oneDNN's own backward is slow.
 
-On CPUs without AVX-512, oneDNN has no fast backward for dilated convolutions: its depthwise kernels and the
-AVX2 backward-weights kernel require dilation 1, so it falls back to im2col + sgemm, about 20× slower than
-the same maths done as space-to-batch → undilated convolution → batch-to-space (TensorFlow's
-``with_space_to_batch``): a 3×3 conv with dilation ``d`` at stride 1 is an ordinary 3×3 conv of each of the
-``d × d`` phases ``x[r::d, s::d]`` of its zero-padded input, and at stride ``d`` it is that conv of phase 0
-alone.
+oneDNN's depthwise kernels compute no dilated backward (they require dilation 1), so on x86 the backward
+of a dilated depthwise conv falls to its generic grouped kernel (AVX-512) or to im2col + sgemm (AVX2,
+whose backward-weights kernel requires dilation 1 for every conv). The same maths as space-to-batch →
+undilated convolution → batch-to-space (TensorFlow's ``with_space_to_batch``) runs on the fast kernels:
+a conv with dilation ``d`` at stride 1 is an undilated conv of each of the ``d × d`` phases
+``[r::d, s::d]`` of its zero-padded input, and at stride ``d`` it is that conv of phase 0 alone.
+For c4net's dilated depthwise convs that backward is 2-14× faster (``bench_dilated_conv.py``).
 
-:class:`Conv2d` is an ``nn.Conv2d`` (same parameters and state-dict keys) that takes this path for its
-backward on the CPU; the forward stays oneDNN's dilated convolution, whose output the path leaves
-unchanged, and so does everything that needs no gradient (evaluation, the net analysis, export). The
-input gradient matches the native one; the weight gradient differs in the last bits (summation order).
-Which layers take the path is a fixed rule of their configuration (:func:`uses_space_to_batch`), never a
-run-time measurement, so that a resumed run computes exactly what an uninterrupted one does.
+:class:`Conv2d` is an ``nn.Conv2d`` (same parameters and state-dict keys) whose backward takes this path
+where :func:`uses_space_to_batch` says so. Its forward stays oneDNN's dilated conv (faster than through
+the phases), so outputs are unchanged, and without a gradient (evaluation, the net analysis) it is
+``nn.Conv2d`` itself. The input gradient equals the native one up to rounding; the weight gradient
+differs in the last bits (summation order), which is why the path is a fixed rule of the layer's
+configuration rather than a run-time measurement: a resumed run computes what an uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -45,6 +46,20 @@ def _placements(offset: int, length: int, d: int, phases: int) -> list[tuple[sli
     return placements
 
 
+def _phase_view(x: torch.Tensor, d: int) -> torch.Tensor:
+    """``x`` (N, C, H, W), H and W multiples of ``d``, viewed as (d, d, N, C, H/d, W/d): ``[r, s]`` is
+    ``x[..., r::d, s::d]``. Splitting an axis is a view whatever the strides."""
+    n, c, h, w = x.shape
+    return x.view(n, c, h // d, d, w // d, d).permute(3, 5, 0, 1, 2, 4)
+
+
+def _is_whole_phases(offset: int, size: Sequence[int], d: int, phases: int) -> bool:
+    """Whether every phase holds the same rectangle of the image (all phases, whole phases of offset and
+    size), so that one copy through :func:`_phase_view` moves it: one parallel loop rather than d², which
+    matters where threads wait at each loop's end for a CPU shared with other work."""
+    return phases == d and offset % d == 0 and all(n % d == 0 for n in size)
+
+
 def to_phases(x: torch.Tensor, offset: int, phase_size: tuple[int, int], d: int, phases: int) -> torch.Tensor:
     """Space-to-batch of ``x`` placed at ``(offset, offset)`` in a zero canvas of ``d·phase_size`` pixels.
 
@@ -65,6 +80,10 @@ def to_phases(x: torch.Tensor, offset: int, phase_size: tuple[int, int], d: int,
     if not covered:
         out.zero_()
     blocks = out.view(phases, phases, n, c, *phase_size)
+    if _is_whole_phases(offset, (h, w), d, phases):
+        at = offset // d
+        blocks[..., at:at + h // d, at:at + w // d].copy_(_phase_view(x, d))
+        return out
     for r, (rows, at_rows) in enumerate(row_placements):
         for s, (cols, at_cols) in enumerate(col_placements):
             blocks[r, s, :, :, at_rows, at_cols].copy_(x[:, :, rows, cols])
@@ -81,6 +100,10 @@ def from_phases(blocks: torch.Tensor, offset: int, size: tuple[int, int], d: int
     if phases != d:
         out.zero_()
     blocks = blocks.view(phases, phases, n, *blocks.shape[1:])
+    if _is_whole_phases(offset, size, d, phases):
+        at = offset // d
+        _phase_view(out, d).copy_(blocks[..., at:at + size[0] // d, at:at + size[1] // d])
+        return out
     for r, (rows, at_rows) in enumerate(_placements(offset, size[0], d, phases)):
         for s, (cols, at_cols) in enumerate(_placements(offset, size[1], d, phases)):
             out[:, :, rows, cols] = blocks[r, s, :, :, at_rows, at_cols]
@@ -169,37 +192,38 @@ def space_to_batch_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     return _SpaceToBatchConv.apply(x, weight, bias, stride, padding, dilation, groups)
 
 
-# oneDNN's x86 kernels compute a dilated backward themselves only with AVX-512; with AVX2 they fall back to
-# im2col + sgemm. ATen's CPU capability says which of the two this CPU has.
-_SLOW_NATIVE_BACKWARD = torch.backends.cpu.get_cpu_capability() == "AVX2"
+# The x86 instruction sets the rule was measured on (ATen's CPU capability, which oneDNN's kernels follow).
+_CPU_CAPABILITY = torch.backends.cpu.get_cpu_capability()
+_MEASURED_CAPABILITIES = ("AVX2", "AVX512")
 
 
 def uses_space_to_batch(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether ``conv(x)`` computes its backward through space-to-batch.
 
-    Only in float32 outside autocast, on a CPU whose oneDNN falls back to im2col for a dilated backward
-    (AVX2, no AVX-512), when a gradient of ``x`` or of the weight is wanted, for a configuration
-    :func:`space_to_batch_supported`, and there only where ``bench_dilated_conv.py`` measured it faster
-    (forward + backward, every dilated conv of the registered nets, batch 128 and 256):
-    - stride = dilation (the strided transitions): it convolves one phase, 1/d² of the input (1.2-14×);
-    - depthwise: in channels-last (2-14×), and in NCHW at dilation 2 (1.8-2.9×; at dilation 4 on 8×8
-      maps the 16 phases of 2×2 pixels make it slower);
-    - other convs: in channels-last, where the padding is whole phases (a multiple of the dilation, so
-      nothing is copied for it) and the dilation is at most 4 (1.0-1.7×); in NCHW it is not faster.
+    Only on an x86 CPU (AVX2 or AVX-512), in float32 outside autocast, when a gradient of ``x`` or of the
+    weight is wanted, for a configuration :func:`space_to_batch_supported`, and there only where
+    ``bench_dilated_conv.py`` measured forward + backward faster (every dilated conv of the registered nets,
+    batch 128 and 256, one thread; speed-ups with AVX2 / with AVX-512):
+    - stride = dilation (the strided transitions): one phase, 1/d² of the input, is convolved
+      (1.3-10× / 1.8-14×);
+    - depthwise at stride 1: channels-last 2.2-6.3× / 2.5-3.7×, NCHW 1.0-2.4× / 1.3-3.0× (the least at
+      dilation 4 on 8×8 maps, whose 16 phases hold 2×2 pixels each);
+    - other convs at stride 1, with AVX2 only (AVX-512 has a dilated backward-weights kernel for them:
+      0.65-1.04×), where the padding is whole phases (a multiple of the dilation, so nothing is copied for
+      it): at dilation 2 (1.0-1.5×), and in channels-last at dilation 3 and 4 too (1.0-1.5×); not at
+      dilation 8, whose 4×4 phases of a 32×32 map cost as much as they save.
     A fixed rule, not a run-time measurement, so that a resumed run computes what an uninterrupted one does.
     """
-    if not (_SLOW_NATIVE_BACKWARD and x.device.type == "cpu" and x.dtype == torch.float32
+    if not (_CPU_CAPABILITY in _MEASURED_CAPABILITIES and x.device.type == "cpu" and x.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu") and torch.is_grad_enabled()
             and (x.requires_grad or conv.weight.requires_grad)
             and space_to_batch_supported(conv.stride, conv.padding, conv.dilation, conv.padding_mode)):
         return False
     d = conv.dilation[0]
     channels_last = _memory_format(x) == torch.channels_last
-    if conv.stride[0] == d:
+    if conv.stride[0] == d or conv.groups == conv.in_channels:
         return True
-    if conv.groups == conv.in_channels:
-        return channels_last or d == 2
-    return channels_last and conv.padding[0] % d == 0 and d <= 4
+    return _CPU_CAPABILITY == "AVX2" and conv.padding[0] % d == 0 and (d == 2 or channels_last and d <= 4)
 
 
 class Conv2d(nn.Conv2d):
