@@ -59,6 +59,7 @@ from cifar.optim import build_optimizer
 from cifar.results import resolve_weights
 from cifar.schedulers import build_schedule, schedule_lr
 from cifar.slurm import RequeueError, requeue, requeue_target
+from cifar.step_totals import LaggedTotals, StepTotals, add_batch, add_stop_flags, new_totals
 from cifar.stopping import EXIT_INTERRUPTED, EXIT_STOPPED, StopRequest, end_workers_at_exit, ignore_stop_signals
 from cifar.sync_bn import convert_sync_batchnorm
 from cifar.tta import TTA_VARIANTS, tta_logits
@@ -263,18 +264,45 @@ def run_epoch(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module
     the seconds and images of this process's share of the epoch (all of it unless resumed mid-epoch).
 
     One all-reduce per step carries the step's loss sum, correct count, image count and any stop request, so
-    every process sees the same numbers, stops at the same step and exits with the same code.
+    every process sees the same numbers, stops at the same step and exits with the same code; the host reads
+    it a step later (cifar/step_totals.py), and reads every queued step before it saves anything.
     """
     batches.set_epoch(progress.epoch, progress.step_in_epoch)
     epoch_start = segment_start = time.perf_counter()
     images = 0
     model.train()
     micro_batches = iter(loader)
+    lagged = LaggedTotals(lag=1)
+    epoch_end_step = progress.global_step - progress.step_in_epoch + batches.steps
     with tqdm(total=batches.steps, initial=progress.step_in_epoch, desc=f"epoch {progress.epoch + 1}/{cfg.epochs}",
               disable=not accelerator.is_main_process, dynamic_ncols=True, leave=False) as bar:
+
+        def settle(step: StepTotals) -> StepTotals:
+            """Account a finished step on the host."""
+            nonlocal images
+            if not math.isfinite(step.loss_sum):
+                raise RunStopped(
+                    f"error: the training loss became non-finite ({step.loss_sum}) at step {step.step} "
+                    f"(epoch {progress.epoch + 1}); nothing of this step was saved, the checkpoints already in "
+                    f"{Path(cfg.output_dir) / 'checkpoints'} stay. Lower --lr"
+                    f"{' or train in bf16 (fp16 overflows more easily)' if cfg.mixed_precision == 'fp16' else ''}, "
+                    "then start again (--resume auto continues from the last good checkpoint).", EXIT_NONFINITE)
+            progress.running = [r + v for r, v in zip(progress.running, (step.loss_sum, step.correct, step.count))]
+            images += int(step.count)
+            bar.update(1)
+            if step.step % cfg.log_every == 0 or step.step == epoch_end_step:
+                seconds = time.perf_counter() - epoch_start
+                running_loss, running_correct, running_count = progress.running
+                bar.set_postfix(loss=f"{running_loss / running_count:.3f}",
+                                acc=f"{running_correct / running_count:.1%}",
+                                lr=f"{step.lr:.2e}", img_s=f"{images / seconds:,.0f}")
+                accelerator.log({"train/loss": step.loss_sum / step.count, "train/acc": step.correct / step.count,
+                                 "lr": step.lr, "images_per_second": images / seconds}, step=step.step)
+            return step
+
         while progress.step_in_epoch < batches.steps:
             step_images = batches.step_size(progress.step_in_epoch)
-            totals = torch.zeros(6, dtype=torch.float64, device=accelerator.device)
+            totals = new_totals(accelerator.device)
             for micro in range(cfg.grad_accum):
                 inputs, labels = next(micro_batches)
                 inputs = inputs.to(accelerator.device, non_blocking=True)
@@ -289,51 +317,38 @@ def run_epoch(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module
                     losses = F.cross_entropy(logits.float(), labels, reduction="none",
                                              label_smoothing=cfg.label_smoothing)
                     accelerator.backward(losses.sum() * (accelerator.num_processes / step_images))
-                totals[0] += losses.detach().sum()
-                totals[1] += (logits.detach().argmax(1) == labels).sum()
-                totals[2] += len(labels)
+                add_batch(totals, losses, logits, labels)
+            lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             schedule.step()
             if ema is not None and not optimizer.step_was_skipped:
                 ema.update_parameters(plain_net)
-            totals[3], totals[4], totals[5] = (float(stop.requested is not None), float(stop.requeue),
-                                               float(stop.interrupted))
-            loss_sum, correct, count, stops, requeues, interrupts = accelerator.reduce(totals, "sum").tolist()
-            if not math.isfinite(loss_sum):
-                raise RunStopped(
-                    f"error: the training loss became non-finite ({loss_sum}) at step {progress.global_step + 1} "
-                    f"(epoch {progress.epoch + 1}); nothing of this step was saved, the checkpoints already in "
-                    f"{Path(cfg.output_dir) / 'checkpoints'} stay. Lower --lr"
-                    f"{' or train in bf16 (fp16 overflows more easily)' if cfg.mixed_precision == 'fp16' else ''}, "
-                    "then start again (--resume auto continues from the last good checkpoint).", EXIT_NONFINITE)
+            add_stop_flags(totals, stop.requested is not None, stop.requeue, stop.interrupted)
             progress.global_step += 1
             progress.step_in_epoch += 1
-            progress.running = [r + v for r, v in zip(progress.running, (loss_sum, correct, count))]
-            images += int(count)
-            now = time.perf_counter()
-            bar.update(1)
-            if progress.global_step % cfg.log_every == 0 or progress.step_in_epoch == batches.steps:
-                lr = optimizer.param_groups[0]["lr"]
-                running_loss, running_correct, running_count = progress.running
-                bar.set_postfix(loss=f"{running_loss / running_count:.3f}",
-                                acc=f"{running_correct / running_count:.1%}",
-                                lr=f"{lr:.2e}", img_s=f"{images / (now - epoch_start):,.0f}")
-                accelerator.log({"train/loss": loss_sum / count, "train/acc": correct / count, "lr": lr,
-                                 "images_per_second": images / (now - epoch_start)}, step=progress.global_step)
-            if stops:
-                progress.train_seconds += now - segment_start
+            # One all-reduce per step, read a step later (cifar/step_totals.py): every process sees the same
+            # numbers and stop flags, and a GPU is not made to wait for the host each step.
+            lagged.push(progress.global_step, lr, accelerator.reduce(totals, "sum"))
+            mid_epoch = progress.step_in_epoch < batches.steps
+            checkpoint_due = bool(cfg.checkpoint_every) and progress.global_step % cfg.checkpoint_every == 0
+            # Every queued step is read before anything is saved: no checkpoint holds a non-finite step.
+            settled = [settle(step) for step in lagged.ready(drain=checkpoint_due or not mid_epoch)]
+            stopped = next((step for step in settled if step.stops), None)
+            if stopped is not None:
+                for step in lagged.ready(drain=True):
+                    settle(step)
+                progress.train_seconds += time.perf_counter() - segment_start
                 checkpoint()
                 # A requeue is the scheduler's decision and wins; otherwise a Ctrl-C anywhere says "interrupted".
-                code = EXIT_INTERRUPTED if interrupts and not requeues else EXIT_STOPPED
+                code = EXIT_INTERRUPTED if stopped.interrupts and not stopped.requeues else EXIT_STOPPED
                 # The default output folder is named by the start time: a resume has to be told which it was.
                 raise RunStopped(f"stopped by {stop.requested or 'a signal to another process'} at step "
                                  f"{progress.global_step}; checkpoint saved. Run the same command with --resume auto "
                                  f"to continue (adding --output-dir {cfg.output_dir} if it has none).", code,
-                                 requeue=requeues > 0)
-            mid_epoch = progress.step_in_epoch < batches.steps
-            if cfg.checkpoint_every and progress.global_step % cfg.checkpoint_every == 0 and mid_epoch:
-                progress.train_seconds += now - segment_start
+                                 requeue=stopped.requeues > 0)
+            if checkpoint_due and mid_epoch:
+                progress.train_seconds += time.perf_counter() - segment_start
                 checkpoint()
                 segment_start = time.perf_counter()
     now = time.perf_counter()
