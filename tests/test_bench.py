@@ -8,7 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+import bench
+from cifar.nets import build_net
+from cifar.nets.dilated import Conv2d as DilatedPathConv
 from tests.tiny_data import write_tiny_cifar
 
 pytestmark = pytest.mark.slow
@@ -60,3 +64,16 @@ def test_bench_bad_input_names_the_fix(tmp_path: Path) -> None:
     done = bench("--data-dir", data, "--cpu", "--skip", "data", "model", "trainer", "baseline",
                  "--baseline-ref", "no-such-commit")
     assert done.returncode != 0 and "--baseline-ref 'no-such-commit'" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["c4net", "seed003"])
+def test_the_baseline_runs_the_net_with_plain_convs_and_the_same_function(name: str) -> None:
+    """The seed-style loop must not get this project's dilated-conv CPU path: plain nn.Conv2d, same outputs."""
+    torch.manual_seed(0)
+    ours = build_net(name)
+    plain = bench.with_native_convs(build_net(name))
+    plain.load_state_dict(ours.state_dict())
+    assert any(isinstance(m, DilatedPathConv) for m in ours.modules())
+    assert not any(isinstance(m, DilatedPathConv) for m in plain.modules())
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.equal(ours.eval()(x), plain.eval()(x))
