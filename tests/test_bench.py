@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import bench
+from bench import with_native_convs
 from cifar.nets import build_net
 from cifar.nets.dilated import Conv2d as DilatedPathConv
 from tests.tiny_data import write_tiny_cifar
@@ -71,7 +71,7 @@ def test_the_baseline_runs_the_net_with_plain_convs_and_the_same_function(name: 
     """The seed-style loop must not get this project's dilated-conv CPU path: plain nn.Conv2d, same outputs."""
     torch.manual_seed(0)
     ours = build_net(name)
-    plain = bench.with_native_convs(build_net(name))
+    plain = with_native_convs(build_net(name))
     plain.load_state_dict(ours.state_dict())
     assert any(isinstance(m, DilatedPathConv) for m in ours.modules())
     assert not any(isinstance(m, DilatedPathConv) for m in plain.modules())
