@@ -1,0 +1,58 @@
+"""The recipe presets in recipes/: each loads as a training config, names its own net and an existing augmentation
+preset, sets every setting of a recipe itself, and says on each line where its value comes from."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from cifar.augment import AUGMENT_PRESETS
+from cifar.config import load_yaml, parse_config
+from cifar.nets import list_nets
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
+SEED_NETS = [f"seed00{i}" for i in range(5)]
+
+# What a recipe must set itself rather than inherit from the trainer's defaults (which are tuned for c4net:
+# batch 512, Nesterov, lr 0.2), so that each value is one the recipe states and comments.
+RECIPE_KEYS = ("model", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
+               "scheduler", "label_smoothing", "augment")
+
+# A YAML comment starts with '#' at the line's start or after whitespace.
+_COMMENT = re.compile(r"(^|\s)#")
+
+
+def uncommented_lines(text: str) -> list[str]:
+    """The non-blank, non-comment lines of a YAML text that carry no trailing comment."""
+    return [line for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#") and not _COMMENT.search(line)]
+
+
+def test_every_seed_net_has_a_recipe():
+    assert [name for name in SEED_NETS if not (RECIPES_DIR / f"{name}.yaml").is_file()] == []
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[path.stem for path in RECIPES])
+def test_recipe_loads_and_names_its_net_and_an_augment_preset(path: Path):
+    cfg = parse_config(["--config", str(path)])
+    assert cfg.model == path.stem
+    assert cfg.model in list_nets()
+    assert cfg.augment in AUGMENT_PRESETS
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[path.stem for path in RECIPES])
+def test_recipe_sets_every_recipe_setting_itself(path: Path):
+    assert [key for key in RECIPE_KEYS if key not in load_yaml(path)] == []
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[path.stem for path in RECIPES])
+def test_every_setting_of_a_recipe_is_commented(path: Path):
+    assert uncommented_lines(path.read_text()) == []
+
+
+def test_uncommented_lines_finds_a_setting_without_its_comment():
+    text = "# about the run\nepochs: 30  # l.89\n\nlr: 0.02\nmodel: seed002 # l.96\naugment: 'a#b'\n"
+    assert uncommented_lines(text) == ["lr: 0.02", "augment: 'a#b'"]
