@@ -48,6 +48,7 @@ from cifar import plots
 from cifar.allocator import keep_freed_memory
 from cifar.augment import (AugmentedDataset, PlainDataset, TrainBatches, build_test_transform, build_train_transform,
                            epoch_permutation, train_loader)
+from cifar.batch_augment import BatchAugment, DeviceBatches
 from cifar.config import ConfigError, TrainConfig, parse_config, save_yaml, trajectory_differences
 from cifar.data import CifarArrays, CifarDataError, load_cifar, stratified_split, stratified_subset
 from cifar.files import write_atomic
@@ -118,7 +119,7 @@ def main(argv: list[str], stop: StopRequest) -> int:
     say = accelerator.print
 
     # The output folder's name has a time in it: take the main process's, so every process writes one folder.
-    [cfg] = broadcast_object_list([cfg.resolved(precision)])
+    [cfg] = broadcast_object_list([cfg.resolved(precision, resolve_augment_backend(cfg, accelerator.device))])
     out = Path(cfg.output_dir)
 
     # ------------------------------------------------------------------ data
@@ -138,8 +139,15 @@ def main(argv: list[str], stop: StopRequest) -> int:
                        f"{error}") from error
     train_set = AugmentedDataset(data.train_images[train_idx], data.train_labels[train_idx],
                                  build_train_transform(cfg.augment, data.mean, data.std), cfg.seed)
-    loader = train_loader(train_set, batches, cfg.num_workers, pin_memory=accelerator.device.type == "cuda",
-                          worker_init_fn=ignore_stop_signals)
+    if cfg.augment_backend == "torch":
+        # A GPU outruns per-image augmentation in a few CPU workers: keep the uint8 set on the device, augment
+        # whole batches there (cifar/batch_augment.py), each sample still a pure function of (seed, epoch, index).
+        loader = DeviceBatches(train_set.images, train_set.labels, batches,
+                               BatchAugment(cfg.augment, data.mean, data.std, cfg.seed, len(train_set)),
+                               accelerator.device)
+    else:
+        loader = train_loader(train_set, batches, cfg.num_workers, pin_memory=accelerator.device.type == "cuda",
+                              worker_init_fn=ignore_stop_signals)
     test_loader = eval_loader(data.test_images, data.test_labels, data, cfg)
     val_loader = (eval_loader(data.train_images[val_idx], data.train_labels[val_idx], data, cfg)
                   if len(val_idx) else None)
@@ -192,7 +200,7 @@ def main(argv: list[str], stop: StopRequest) -> int:
         say(f"{hardware(accelerator)}; {len(train_set):,} training images, {len(val_idx):,} validation, "
             f"{len(data.test_labels):,} test; {batches.steps} steps/epoch, {total_steps} steps")
         if progress.global_step == 0:
-            plot_augmented_samples(train_set, data, cfg, out / "plots" / "augmented_samples.png")
+            plot_augmented_samples(train_set, loader, data, cfg, out / "plots" / "augmented_samples.png")
     if cfg.wandb:
         progress.wandb_run_id = start_wandb(cfg, accelerator, report, progress.wandb_run_id)
 
@@ -257,7 +265,7 @@ def main(argv: list[str], stop: StopRequest) -> int:
 
 
 def run_epoch(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module, plain_net: torch.nn.Module,
-              optimizer: Any, schedule: Any, ema: AveragedModel | None, loader: DataLoader,
+              optimizer: Any, schedule: Any, ema: AveragedModel | None, loader: DataLoader | DeviceBatches,
               batches: TrainBatches, progress: Progress, stop: StopRequest,
               checkpoint: Callable[[], None]) -> tuple[float, int]:
     """Optimizer steps from ``progress.step_in_epoch`` to the epoch's end, checkpointing on the way; returns
@@ -594,10 +602,15 @@ def write_results(cfg: TrainConfig, out: Path, net: torch.nn.Module, data: Cifar
                                                     step=progress.global_step)
 
 
-def plot_augmented_samples(train_set: AugmentedDataset, data: CifarArrays, cfg: TrainConfig, path: Path) -> None:
-    """What the network sees in epoch 1: its first 32 training samples after augmentation."""
+def plot_augmented_samples(train_set: AugmentedDataset, loader: DataLoader | DeviceBatches, data: CifarArrays,
+                           cfg: TrainConfig, path: Path) -> None:
+    """What the network sees in epoch 1: its first 32 training samples after augmentation, by the backend that
+    trains it."""
     order = epoch_permutation(cfg.seed, 0, len(train_set))[:32]
-    samples = torch.stack([train_set[(0, int(i))][0] for i in order])
+    if isinstance(loader, DeviceBatches):
+        samples = loader.augment(torch.from_numpy(train_set.images[order]), 0, torch.from_numpy(order))
+    else:
+        samples = torch.stack([train_set[(0, int(i))][0] for i in order])
     titles = [data.classes[train_set.labels[i]] for i in order]
     plots.plot_image_grid(plots.denormalize(samples, data.mean, data.std), titles, path)
 
@@ -612,6 +625,12 @@ def eval_loader(images: np.ndarray, labels: np.ndarray, data: CifarArrays, cfg: 
     return DataLoader(PlainDataset(images, labels, build_test_transform(data.mean, data.std)),
                       batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
                       worker_init_fn=ignore_stop_signals)
+
+
+def resolve_augment_backend(cfg: TrainConfig, device: torch.device) -> str:
+    if cfg.augment_backend == "auto":
+        return "torch" if device.type == "cuda" else "albumentations"
+    return cfg.augment_backend
 
 
 def resolve_precision(cfg: TrainConfig) -> str:

@@ -34,8 +34,8 @@ Border = Literal["reflect", "constant"]
 # padding and ShiftScaleRotate); "constant" fills with black (albumentations 2.x's default).
 _BORDER_MODES = {"reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONSTANT}
 # Colour jitter limits as seed003 sets them: RandomBrightnessContrast(0.2, 0.2), HueSaturationValue(20, 30, 20).
-_BRIGHTNESS, _CONTRAST = 0.2, 0.2
-_HUE, _SATURATION, _VALUE = 20, 30, 20
+BRIGHTNESS_LIMIT, CONTRAST_LIMIT = 0.2, 0.2
+HUE_SHIFT_LIMIT, SATURATION_SHIFT_LIMIT, VALUE_SHIFT_LIMIT = 20, 30, 20
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ def build_train_transform(augment: str | AugmentSettings, mean: Sequence[float],
         whatever state was last set on it; ``AugmentedDataset`` sets it per sample.
     """
     settings = augment_settings(augment)
-    _check_stats(mean, std)
+    check_stats(mean, std)
     border = _BORDER_MODES[settings.border]
     side = IMAGE_SHAPE[0]
     steps: list[A.BasicTransform] = []
@@ -177,9 +177,11 @@ def build_train_transform(augment: str | AugmentSettings, mean: Sequence[float],
         )
     if settings.color_p:
         steps += [
-            A.RandomBrightnessContrast(brightness_limit=_BRIGHTNESS, contrast_limit=_CONTRAST, p=settings.color_p),
+            A.RandomBrightnessContrast(brightness_limit=BRIGHTNESS_LIMIT, contrast_limit=CONTRAST_LIMIT,
+                                       p=settings.color_p),
             A.HueSaturationValue(
-                hue_shift_limit=_HUE, sat_shift_limit=_SATURATION, val_shift_limit=_VALUE, p=settings.color_p
+                hue_shift_limit=HUE_SHIFT_LIMIT, sat_shift_limit=SATURATION_SHIFT_LIMIT,
+                val_shift_limit=VALUE_SHIFT_LIMIT, p=settings.color_p
             ),
         ]
     if settings.cutout_p:
@@ -199,11 +201,11 @@ def build_train_transform(augment: str | AugmentSettings, mean: Sequence[float],
 
 def build_test_transform(mean: Sequence[float], std: Sequence[float]) -> A.Compose:
     """Normalize with the training ``mean``/``std`` ([0, 1] units): the pipeline for test and validation images."""
-    _check_stats(mean, std)
+    check_stats(mean, std)
     return A.Compose([A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0)])
 
 
-def _check_stats(mean: Sequence[float], std: Sequence[float]) -> None:
+def check_stats(mean: Sequence[float], std: Sequence[float]) -> None:
     channels = IMAGE_SHAPE[2]
     if len(mean) != channels or len(std) != channels or min(std) <= 0 or not all(0 <= m <= 1 for m in mean):
         raise ValueError(
@@ -284,7 +286,7 @@ class AugmentedDataset(Dataset[tuple[torch.Tensor, int]]):
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform: A.BaseCompose, seed: int) -> None:
-        self.images, self.labels = _check_arrays(images, labels)
+        self.images, self.labels = check_arrays(images, labels)
         self.transform = transform
         self.seed = seed
         # One numpy and one Python generator shared by all steps, reseeded per sample, so the steps draw
@@ -318,7 +320,7 @@ class PlainDataset(Dataset[tuple[torch.Tensor, int]]):
     """Images under a deterministic pipeline (``build_test_transform``), indexed by position: for evaluation."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform: A.BaseCompose) -> None:
-        self.images, self.labels = _check_arrays(images, labels)
+        self.images, self.labels = check_arrays(images, labels)
         self.transform = transform
 
     def __len__(self) -> int:
@@ -328,7 +330,7 @@ class PlainDataset(Dataset[tuple[torch.Tensor, int]]):
         return _to_tensor(self.transform(image=self.images[index])["image"]), int(self.labels[index])
 
 
-def _check_arrays(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_arrays(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE or labels.shape != (len(images),):
         raise ValueError(
             f"expected uint8 images of shape (N, {', '.join(map(str, IMAGE_SHAPE))}) and N labels "

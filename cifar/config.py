@@ -29,6 +29,7 @@ from cifar.optim import OPTIMIZERS
 from cifar.schedulers import SCHEDULERS
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+AUGMENT_BACKENDS = ("auto", "albumentations", "torch")
 
 
 class ConfigError(ValueError):
@@ -59,6 +60,9 @@ class TrainConfig:
     weight_decay: float = _setting(5e-4, "weight decay of conv and linear weights (never of norms or biases)")
     label_smoothing: float = _setting(0.0, "label smoothing of the cross-entropy loss")
     augment: str = _setting("default", "training augmentation preset", tuple(AUGMENT_PRESETS))
+    augment_backend: str = _setting("auto", "what runs the augmentation: albumentations (per image in DataLoader "
+                                    "workers, the reference) or torch (whole batches on the training device); "
+                                    "auto: torch on a GPU, albumentations on a CPU", AUGMENT_BACKENDS)
     seed: int = _setting(0, "seed of the net's init, the data order, the augmentation and the splits")
     mixed_precision: str = _setting("auto", "auto: bf16 where the GPU supports it, else no", MIXED_PRECISION)
     cpu: bool = _setting(False, "train on the CPU even when a GPU is there (with several processes: gloo)")
@@ -107,11 +111,13 @@ class TrainConfig:
             raise ConfigError("--resume auto looks for checkpoints in --output-dir, but none was given (the default "
                               "names a new folder each run): pass the --output-dir of the run to continue")
 
-    def resolved(self, mixed_precision: str, now: datetime.datetime | None = None) -> TrainConfig:
-        """This config with the output folder and precision filled in, as the run saves it."""
+    def resolved(self, mixed_precision: str, augment_backend: str,
+                 now: datetime.datetime | None = None) -> TrainConfig:
+        """This config with the output folder, precision and augmentation backend filled in, as the run saves it."""
         stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
         output_dir = self.output_dir or str(Path("runs") / f"{self.model}-{stamp}")
-        return dataclasses.replace(self, output_dir=output_dir, mixed_precision=mixed_precision)
+        return dataclasses.replace(self, output_dir=output_dir, mixed_precision=mixed_precision,
+                                   augment_backend=augment_backend)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (tags as a list), as config.yaml and W&B store them."""
@@ -122,15 +128,17 @@ class TrainConfig:
 # Settings that decide the trajectory of the weights: a resumed run must share them with its checkpoint,
 # or it would not continue the same run. The others (paths, workers, logging) may change between restarts.
 TRAJECTORY_FIELDS = ("model", "epochs", "batch_size", "grad_accum", "lr", "optimizer", "momentum", "nesterov",
-                     "scheduler", "weight_decay", "label_smoothing", "augment", "seed", "subset", "val_size",
-                     "sync_bn", "ema", "ema_decay", "channels_last")
+                     "scheduler", "weight_decay", "label_smoothing", "augment", "augment_backend", "seed", "subset",
+                     "val_size", "sync_bn", "ema", "ema_decay", "channels_last")
+# What runs saved before a trajectory setting existed did instead.
+_BEFORE_THE_SETTING = {"augment_backend": "albumentations"}
 
 
 def trajectory_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
     """``--flag: saved → now`` for each trajectory setting in which ``config`` differs from a saved config."""
     now = config.to_dict()
-    return [f"{_flag(name)}: {saved.get(name)!r} in the checkpoint, {now[name]!r} now"
-            for name in TRAJECTORY_FIELDS if saved.get(name) != now[name]]
+    return [f"{_flag(name)}: {saved.get(name, _BEFORE_THE_SETTING.get(name))!r} in the checkpoint, {now[name]!r} now"
+            for name in TRAJECTORY_FIELDS if saved.get(name, _BEFORE_THE_SETTING.get(name)) != now[name]]
 
 
 def config_flags(saved: dict[str, Any], leave_out: Sequence[str] = ()) -> list[str]:

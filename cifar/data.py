@@ -242,6 +242,7 @@ class Stream(enum.IntEnum):
     SPLIT = 1
     ORDER = 2
     AUGMENT = 3
+    BATCH_AUGMENT = 4
 
 
 def keyed_rng(seed: int, stream: Stream, *key: int) -> np.random.Generator:

@@ -187,23 +187,23 @@ def test_saved_yaml_reads_back_to_an_equal_config(tmp_path):
     cfg = TrainConfig(model="c4net_tiny", epochs=3, batch_size=96, grad_accum=3, lr=1e-5, weight_decay=1e-5,
                       optimizer="adamw", nesterov=False, subset=500, val_size=100, cpu=True, ema=True,
                       resume="auto", output_dir=str(tmp_path / "run"), wandb_tags=("x", "y z"),
-                      wandb_group="g").resolved("bf16", FIXED_TIME)
+                      wandb_group="g").resolved("bf16", "albumentations", FIXED_TIME)
     path = tmp_path / "config.yaml"
     save_yaml(cfg, path)
     assert parse_config(["--config", str(path)]) == cfg
 
 
-def test_resolved_names_a_timestamped_output_dir_and_sets_the_precision():
+def test_resolved_names_a_timestamped_output_dir_and_sets_the_precision_and_augment_backend():
     cfg = TrainConfig(model="c4net_tiny")
-    resolved = cfg.resolved("bf16", FIXED_TIME)
+    resolved = cfg.resolved("bf16", "albumentations", FIXED_TIME)
     assert resolved.output_dir == str(Path("runs") / "c4net_tiny-20240102-030405")
-    assert resolved.mixed_precision == "bf16"
-    assert dataclasses.replace(resolved, output_dir=None, mixed_precision="auto") == cfg
-    assert re.fullmatch(r"runs/c4net_tiny-\d{8}-\d{6}", Path(cfg.resolved("no").output_dir).as_posix())
+    assert (resolved.mixed_precision, resolved.augment_backend) == ("bf16", "albumentations")
+    assert dataclasses.replace(resolved, output_dir=None, mixed_precision="auto", augment_backend="auto") == cfg
+    assert re.fullmatch(r"runs/c4net_tiny-\d{8}-\d{6}", Path(cfg.resolved("no", "torch").output_dir).as_posix())
 
 
 def test_resolved_keeps_an_explicit_output_dir():
-    assert TrainConfig(output_dir="somewhere/run1").resolved("no", FIXED_TIME).output_dir == "somewhere/run1"
+    assert TrainConfig(output_dir="somewhere/run1").resolved("no", "torch", FIXED_TIME).output_dir == "somewhere/run1"
 
 
 def test_trajectory_differences_name_changed_trajectory_settings():
@@ -212,6 +212,14 @@ def test_trajectory_differences_name_changed_trajectory_settings():
     assert len(differences) == 2
     assert any("--lr" in line and "0.2" in line and "0.1" in line for line in differences)
     assert any("--model" in line and "'c4net'" in line and "'c4net_tiny'" in line for line in differences)
+
+
+def test_a_checkpoint_from_before_augment_backend_existed_counts_as_albumentations():
+    saved = TrainConfig().to_dict()
+    del saved["augment_backend"]
+    assert trajectory_differences(saved, TrainConfig().resolved("no", "albumentations")) == []
+    [difference] = trajectory_differences(saved, TrainConfig().resolved("no", "torch"))
+    assert "--augment-backend" in difference and "'albumentations' in the checkpoint, 'torch' now" in difference
 
 
 def test_trajectory_differences_ignore_paths_workers_and_logging():

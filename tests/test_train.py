@@ -162,6 +162,23 @@ def test_sigkill_anywhere_then_resume_auto_is_bit_identical(tiny: Path, straight
     assert_same_run(straight, out)
 
 
+def test_torch_augmentation_backend_trains_and_resumes_bit_identically(tiny: Path, tmp_path: Path) -> None:
+    """--augment-backend torch (the batch path a GPU uses, cifar/batch_augment.py) on the CPU: a run killed after
+    a checkpoint and continued with --resume auto ends with the weights of an uninterrupted run."""
+    args = [*BASE, "--data-dir", tiny, "--epochs", "2", "--augment-backend", "torch"]
+    reference = tmp_path / "straight"
+    result = train(*args, "--output-dir", reference)
+    assert result.returncode == 0, result.stderr
+    assert "augment_backend: torch" in (reference / "config.yaml").read_text()
+    assert (reference / "plots" / "augmented_samples.png").stat().st_size > 0
+    out = tmp_path / "run"
+    cmd = command(*args, "--output-dir", out, "--resume", "auto")
+    assert kill_during_training(cmd, out, random.Random(int(time.time()))).returncode in (-signal.SIGKILL, 0)
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert_same_run(reference, out)
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_75_then_resumes_exactly(tiny: Path, tmp_path: Path) -> None:
     """Also with --ema and --channels-last: the EMA's state is part of the checkpoint."""
     args = [*BASE, "--data-dir", tiny, "--epochs", "2", "--ema", "--ema-decay", "0.9", "--channels-last"]
