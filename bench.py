@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ from tqdm import tqdm
 
 from cifar.allocator import keep_freed_memory
 from cifar.augment import AugmentedDataset, TrainBatches, build_train_transform, train_loader
+from cifar.batch_augment import BatchAugment, DeviceBatches, resolve_augment_backend
+from cifar.config import AUGMENT_BACKENDS
 from cifar.data import CifarArrays, CifarDataError, load_cifar
 from cifar.hardware import device_name, peak_memory_mb
 from cifar.nets import DEFAULT_NET, build_net, list_nets
@@ -68,6 +71,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile the net (model and trainer)")
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format (model and trainer)")
     parser.add_argument("--augment", default="default", help="augmentation preset (all measurements)")
+    parser.add_argument("--augment-backend", default="auto", choices=AUGMENT_BACKENDS,
+                        help="our data pipeline and trainer: albumentations in DataLoader workers, or torch batches "
+                             "on the device (auto: torch on a GPU, as train.py decides)")
     parser.add_argument("--cpu", action="store_true", help="measure on the CPU even if a GPU is present")
     parser.add_argument("--train-images", type=int, default=None,
                         help="images per trainer epoch (default: 5,120 on a CPU, 50,000 on a GPU)")
@@ -106,6 +112,7 @@ def main(argv: list[str]) -> int:
                                "batch_size": args.batch_size, "mixed_precision": args.mixed_precision,
                                "num_workers": args.num_workers, "compile": args.compile,
                                "channels_last": args.channels_last, "augment": args.augment,
+                               "augment_backend": resolve_augment_backend(args.augment_backend, device),
                                "processes": args.processes}
     print(f"{results['hardware']}; {args.model}, batch {args.batch_size}, {args.mixed_precision}, "
           f"{args.num_workers} workers, compile {args.compile}, channels_last {args.channels_last}, "
@@ -120,7 +127,7 @@ def main(argv: list[str]) -> int:
     keep_freed_memory()
     # Data alone: can the pipeline keep up with the model?
     if "data" not in args.skip:
-        results["data_images_per_second"] = data_pipeline_speed(data, args)
+        results["data_images_per_second"] = data_pipeline_speed(data, args, device)
         say("data pipeline", results["data_images_per_second"])
     # Model alone: the ceiling for this net, precision and layout on this device.
     if "model" not in args.skip:
@@ -163,17 +170,24 @@ def say(what: str, images_per_second: float, peak_memory_mb: float | None = None
 # ====================================================================== the measurements
 
 
-def data_pipeline_speed(data: CifarArrays, args: argparse.Namespace) -> float:
+def data_pipeline_speed(data: CifarArrays, args: argparse.Namespace, device: torch.device) -> float:
     dataset = AugmentedDataset(data.train_images, data.train_labels,
                                build_train_transform(args.augment, data.mean, data.std), seed=0)
-    loader = train_loader(dataset, TrainBatches(len(dataset), seed=0, batch_size=args.batch_size),
-                          args.num_workers, pin_memory=False)
-    batches = iter(loader)
+    batches = TrainBatches(len(dataset), seed=0, batch_size=args.batch_size)
+    if resolve_augment_backend(args.augment_backend, device) == "torch":
+        loader: Iterable[tuple[torch.Tensor, torch.Tensor]] = DeviceBatches(
+            dataset.images, dataset.labels, batches,
+            BatchAugment(args.augment, data.mean, data.std, seed=0, n=len(dataset)), device)
+    else:
+        loader = train_loader(dataset, batches, args.num_workers, pin_memory=False)
+    loaded = iter(loader)
     for _ in range(args.warmup):
-        next(batches)
+        next(loaded)
+    synchronize(device)
     start, images = time.perf_counter(), 0
     for _ in range(args.steps):
-        images += len(next(batches)[1])
+        images += len(next(loaded)[1])
+    synchronize(device)
     return images / (time.perf_counter() - start)
 
 
@@ -231,7 +245,7 @@ def trainer_speed(args: argparse.Namespace, device: torch.device, source: Path =
         command += ["--cpu"] if device.type == "cpu" else []
         if not own_defaults:
             command += ["--mixed-precision", args.mixed_precision, "--num-workers", str(args.num_workers),
-                        "--augment", args.augment]
+                        "--augment", args.augment, "--augment-backend", args.augment_backend]
             command += ["--compile"] if args.compile else []
             command += ["--channels-last"] if args.channels_last else []
         done = subprocess.run(command, cwd=source, capture_output=True, text=True, env=env)

@@ -48,7 +48,7 @@ from cifar import plots
 from cifar.allocator import keep_freed_memory
 from cifar.augment import (AugmentedDataset, PlainDataset, TrainBatches, build_test_transform, build_train_transform,
                            epoch_permutation, train_loader)
-from cifar.batch_augment import BatchAugment, DeviceBatches
+from cifar.batch_augment import BatchAugment, DeviceBatches, resolve_augment_backend
 from cifar.config import ConfigError, TrainConfig, parse_config, save_yaml, trajectory_differences
 from cifar.data import CifarArrays, CifarDataError, load_cifar, stratified_split, stratified_subset
 from cifar.files import write_atomic
@@ -119,7 +119,8 @@ def main(argv: list[str], stop: StopRequest) -> int:
     say = accelerator.print
 
     # The output folder's name has a time in it: take the main process's, so every process writes one folder.
-    [cfg] = broadcast_object_list([cfg.resolved(precision, resolve_augment_backend(cfg, accelerator.device))])
+    backend = resolve_augment_backend(cfg.augment_backend, accelerator.device)
+    [cfg] = broadcast_object_list([cfg.resolved(precision, backend)])
     out = Path(cfg.output_dir)
 
     # ------------------------------------------------------------------ data
@@ -625,12 +626,6 @@ def eval_loader(images: np.ndarray, labels: np.ndarray, data: CifarArrays, cfg: 
     return DataLoader(PlainDataset(images, labels, build_test_transform(data.mean, data.std)),
                       batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
                       worker_init_fn=ignore_stop_signals)
-
-
-def resolve_augment_backend(cfg: TrainConfig, device: torch.device) -> str:
-    if cfg.augment_backend == "auto":
-        return "torch" if device.type == "cuda" else "albumentations"
-    return cfg.augment_backend
 
 
 def resolve_precision(cfg: TrainConfig) -> str:

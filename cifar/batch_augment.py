@@ -384,3 +384,11 @@ class DeviceBatches:
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+def resolve_augment_backend(choice: str, device: torch.device) -> str:
+    """The backend that ``--augment-backend choice`` runs on ``device``: auto is torch on a GPU, which per-image
+    augmentation in a few CPU workers cannot feed, and albumentations (the reference) elsewhere."""
+    if choice == "auto":
+        return "torch" if device.type == "cuda" else "albumentations"
+    return choice
