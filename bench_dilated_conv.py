@@ -1,4 +1,5 @@
-"""Every dilated conv of the registered nets on this CPU: oneDNN's own path against space-to-batch, per layer shape.
+"""Every dilated conv of the registered nets on this CPU: oneDNN's own path against space-to-batch and, for
+depthwise convs at stride 1, the taps path, per layer shape.
 
     python bench_dilated_conv.py                                  # batch 256 and 128, 1 and 2 threads, both layouts
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python bench_dilated_conv.py   # as on a CPU without AVX-512
@@ -7,10 +8,11 @@
 One row per distinct dilated conv (configuration and input size, with the net layers that have it), batch
 size, thread count and memory format: milliseconds of the forward and of the backward (input and weight
 gradients), each computed natively (``F.conv2d`` with dilation) and through space-to-batch
-(:mod:`cifar.nets.dilated`), and the speed-up of forward + backward that :class:`cifar.nets.dilated.Conv2d`
-gets from the space-to-batch backward (its forward stays native). Each time is the minimum over ``--reps``
-rounds after a warm-up round, each round running the four in turn: the machine may be shared, and the
-minimum is the least disturbed. Set ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296``
+(:mod:`cifar.nets.dilated`), the backward through the taps path where it applies (depthwise, stride 1; ``-``
+elsewhere), the speed-ups of forward + backward that each backward gives (the forward stays native in both),
+and the path :func:`cifar.nets.dilated.backward_path` picks. Each time is the minimum over ``--reps`` rounds
+after a warm-up round, each round running them all in turn: the machine may be shared, and the minimum is
+the least disturbed. Set ``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296``
 to time as the trainer allocates.
 """
 
@@ -27,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifar.nets import build_net, list_nets
-from cifar.nets.dilated import PhaseLayout, from_phases, space_to_batch_conv2d, to_phases
+from cifar.nets import build_net, dilated, list_nets
+from cifar.nets.dilated import PhaseLayout, depthwise_taps_conv2d, from_phases, space_to_batch_conv2d, to_phases
 
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
@@ -52,6 +54,10 @@ class ConvShape:
         kind = "dw" if self.groups == self.in_channels == self.out_channels else f"g{self.groups}"
         return (f"{self.in_channels}->{self.out_channels} {kind} k{self.kernel} s{self.stride} p{self.padding} "
                 f"d{self.dilation} {self.height}x{self.width}")
+
+    def has_taps_path(self) -> bool:
+        """Whether the taps path computes this conv: depthwise with multiplier 1, at stride 1."""
+        return self.groups == self.in_channels == self.out_channels and self.stride == 1
 
 
 def dilated_convs(nets: list[str]) -> dict[ConvShape, list[str]]:
@@ -89,11 +95,12 @@ def space_to_batch_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     return from_phases(out, 0, size, d, d, fmt)
 
 
-def measure(shape: ConvShape, batch: int, layout: torch.memory_format, reps: int) -> dict[str, float]:
-    """Forward and backward milliseconds, native and space-to-batch: the minimum over ``reps`` rounds that
-    run each once in turn, so that a disturbance spreads over all four rather than falling on one."""
-    conv = nn.Conv2d(shape.in_channels, shape.out_channels, shape.kernel, shape.stride, shape.padding,
-                     shape.dilation, shape.groups, bias=shape.bias).to(memory_format=layout)
+def measure(shape: ConvShape, batch: int, layout: torch.memory_format, reps: int) -> tuple[dict[str, float], str]:
+    """Forward and backward milliseconds, native, space-to-batch and (where it applies) through the taps: the
+    minimum over ``reps`` rounds that run each once in turn, so that a disturbance spreads over all of them
+    rather than falling on one; and the name of the path :func:`cifar.nets.dilated.backward_path` picks."""
+    conv = dilated.Conv2d(shape.in_channels, shape.out_channels, shape.kernel, shape.stride, shape.padding,
+                          shape.dilation, shape.groups, bias=shape.bias).to(memory_format=layout)
     x = torch.randn(batch, shape.in_channels, shape.height, shape.width).contiguous(memory_format=layout)
     x.requires_grad_(True)
     args = (x, conv.weight, conv.bias, shape.stride, shape.padding, shape.dilation, shape.groups)
@@ -107,6 +114,9 @@ def measure(shape: ConvShape, batch: int, layout: torch.memory_format, reps: int
         "bwd_native": lambda: torch.autograd.grad(native, wrt, grad, retain_graph=True),
         "bwd_s2b": lambda: torch.autograd.grad(via_phases, wrt, grad, retain_graph=True),
     }
+    if shape.has_taps_path():
+        via_taps = depthwise_taps_conv2d(x, conv.weight, conv.bias, shape.padding, shape.dilation)
+        runs["bwd_taps"] = lambda: torch.autograd.grad(via_taps, wrt, grad, retain_graph=True)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for round_ in range(reps + 1):  # round 0 warms up
         for name, run in runs.items():
@@ -114,7 +124,7 @@ def measure(shape: ConvShape, batch: int, layout: torch.memory_format, reps: int
             run()
             if round_:
                 times[name].append(time.perf_counter() - start)
-    return {name: min(seconds) * 1e3 for name, seconds in times.items()}
+    return {name: min(seconds) * 1e3 for name, seconds in times.items()}, dilated.backward_path(conv, x).name.lower()
 
 
 def main(argv: list[str]) -> int:
@@ -134,7 +144,7 @@ def main(argv: list[str]) -> int:
     for shape, layers in convs.items():
         print(f"# {shape.describe()}: {', '.join(layers)}")
     header = (f"{'conv':<34} {'batch':>5} {'thr':>3} {'layout':<13} {'fwd nat':>8} {'fwd s2b':>8} "
-              f"{'bwd nat':>8} {'bwd s2b':>8} {'f+b speed-up':>12}")
+              f"{'bwd nat':>8} {'bwd s2b':>8} {'bwd taps':>8} {'f+b s2b':>8} {'f+b taps':>8}  rule")
     print(header)
     print("-" * len(header))
     for threads in args.threads:
@@ -142,11 +152,13 @@ def main(argv: list[str]) -> int:
         for shape in convs:
             for batch in args.batch_sizes:
                 for layout in args.layouts:
-                    ms = measure(shape, batch, LAYOUTS[layout], args.reps)
-                    speedup = (ms["fwd_native"] + ms["bwd_native"]) / (ms["fwd_native"] + ms["bwd_s2b"])
+                    ms, path = measure(shape, batch, LAYOUTS[layout], args.reps)
+                    native = ms["fwd_native"] + ms["bwd_native"]
+                    taps = (f"{ms['bwd_taps']:>8.1f} {native / (ms['fwd_native'] + ms['bwd_taps']):>7.2f}x"
+                            if "bwd_taps" in ms else f"{'-':>8} {'-':>8}")
                     print(f"{shape.describe():<34} {batch:>5} {threads:>3} {layout:<13} {ms['fwd_native']:>8.1f} "
                           f"{ms['fwd_s2b']:>8.1f} {ms['bwd_native']:>8.1f} {ms['bwd_s2b']:>8.1f} "
-                          f"{speedup:>11.2f}x", flush=True)
+                          f"{native / (ms['fwd_native'] + ms['bwd_s2b']):>7.2f}x {taps}  {path}", flush=True)
     return 0
 
 

@@ -1,23 +1,31 @@
-"""Dilated convolutions on the CPU through space-to-batch, where oneDNN's own backward is slow.
+"""Dilated convolutions on the CPU through space-to-batch or through their taps, where oneDNN's own backward is slow.
 
 oneDNN's depthwise kernels compute no dilated backward (they require dilation 1), so on x86 the backward
 of a dilated depthwise conv falls to its generic grouped kernel (AVX-512) or to im2col + sgemm (AVX2,
-whose backward-weights kernel requires dilation 1 for every conv). The same maths as space-to-batch →
-undilated convolution → batch-to-space (TensorFlow's ``with_space_to_batch``) runs on the fast kernels:
-a conv with dilation ``d`` at stride 1 is an undilated conv of each of the ``d × d`` phases
-``[r::d, s::d]`` of its zero-padded input, and at stride ``d`` it is that conv of phase 0 alone.
-For c4net's dilated depthwise convs that backward is 2-14× faster (``bench_dilated_conv.py``).
+whose backward-weights kernel requires dilation 1 for every conv). Two other computations of the same
+backward run on fast kernels:
 
-:class:`Conv2d` is an ``nn.Conv2d`` (same parameters and state-dict keys) whose backward takes this path
-where :func:`uses_space_to_batch` says so. Its forward stays oneDNN's dilated conv (faster than through
-the phases), so outputs are unchanged, and without a gradient (evaluation, the net analysis) it is
-``nn.Conv2d`` itself. The input gradient equals the native one up to rounding; the weight gradient
-differs in the last bits (summation order), which is why the path is a fixed rule of the layer's
-configuration rather than a run-time measurement: a resumed run computes what an uninterrupted one does.
+- Space-to-batch → undilated convolution → batch-to-space (TensorFlow's ``with_space_to_batch``): a conv
+  with dilation ``d`` at stride 1 is an undilated conv of each of the ``d × d`` phases ``[r::d, s::d]`` of
+  its zero-padded input, and at stride ``d`` it is that conv of phase 0 alone.
+- The taps, for a depthwise conv at stride 1 (where space-to-batch leaves oneDNN tiny maps: 16 phases of
+  2×2 pixels for c4net's C4, dilation 4 on 8×8): the input gradient is the same depthwise conv of the output
+  gradient by the kernel turned 180°, which oneDNN's forward kernel computes fast, and the weight gradient
+  is, per tap, the per-channel sum of the output gradient times the input shifted by the tap, over only the
+  output rectangle whose input lies in the image (:func:`depthwise_weight_grad`).
+
+:class:`Conv2d` is an ``nn.Conv2d`` (same parameters and state-dict keys) whose backward takes one of these
+paths where :func:`backward_path` says so (``bench_dilated_conv.py`` times them all). Its forward stays
+oneDNN's dilated conv (faster than through the phases or the taps), so outputs are unchanged, and without a
+gradient (evaluation, the net analysis) it is ``nn.Conv2d`` itself. The input gradient equals the native one
+up to rounding; the weight gradient differs in the last bits (summation order), which is why the path is a
+fixed rule of the layer's configuration rather than a run-time measurement: a resumed run computes what an
+uninterrupted one does.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -192,42 +200,164 @@ def space_to_batch_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     return _SpaceToBatchConv.apply(x, weight, bias, stride, padding, dilation, groups)
 
 
+def _tap_slices(offset: int, in_size: int, out_size: int) -> tuple[slice, slice] | None:
+    """Along one axis, where ``out[y]`` reads ``in[y + offset]``: (the output pixels whose input pixel lies in the
+    image, those input pixels), or None where there are none."""
+    first, stop = max(0, -offset), min(out_size, in_size - offset)
+    if stop <= first:
+        return None
+    return slice(first, stop), slice(first + offset, stop + offset)
+
+
+# Images per chunk of the weight gradient's tap products: about 2^17 input values (half a MiB of float32), so
+# that a chunk of the input and of the output gradient, and the per-tap sums, stay near a core's L2 cache
+# (c4net's C4 at batch 512: about 3× faster than one pass over the whole batch per tap; 2^16-2^17 measured
+# fastest of 2^15-2^19 from 16 to 160 channels).
+_TAP_CHUNK_VALUES = 2 ** 17
+
+
+def depthwise_weight_grad(grad_out: torch.Tensor, x: torch.Tensor, kernel: Sequence[int], padding: int,
+                          d: int) -> torch.Tensor:
+    """The weight gradient ``(C, 1, kh, kw)`` of a depthwise conv of ``x`` at stride 1 with ``padding`` and dilation
+    ``d``: per tap and channel, the sum of ``grad_out`` times the input pixels the tap reads.
+
+    Each tap multiplies only the output rectangle whose input lies in the image (no padding is built). The batch
+    goes through in chunks: per tap, each chunk's products are added elementwise into that tap's sums, which
+    are reduced over images and pixels once at the end: the order of every sum is fixed by the shapes (the final
+    reductions are torch's own sums, the same bits for the same shapes and thread count).
+    Chunks are channels-last, so that the products and the per-channel sums run along contiguous channels.
+    """
+    n, c, h, w = x.shape
+    out_h, out_w = grad_out.shape[-2:]
+    taps = {}
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            rows, cols = _tap_slices(i * d - padding, h, out_h), _tap_slices(j * d - padding, w, out_w)
+            if rows is not None and cols is not None:
+                taps[i, j] = rows, cols
+    chunk = max(1, _TAP_CHUNK_VALUES // (c * h * w))
+    sums = {tap: torch.empty((min(chunk, n), c, rows[0].stop - rows[0].start, cols[0].stop - cols[0].start),
+                             dtype=x.dtype, device=x.device, memory_format=torch.channels_last).zero_()
+            for tap, (rows, cols) in taps.items()}
+    for start in range(0, n, chunk):
+        x_chunk = x[start:start + chunk].contiguous(memory_format=torch.channels_last)
+        grad_chunk = grad_out[start:start + chunk].contiguous(memory_format=torch.channels_last)
+        for tap, (rows, cols) in taps.items():
+            sums[tap][:len(x_chunk)].addcmul_(grad_chunk[:, :, rows[0], cols[0]], x_chunk[:, :, rows[1], cols[1]])
+    weight_grad = x.new_zeros((c, 1, *kernel))
+    for (i, j), tap_sums in sums.items():
+        weight_grad[:, 0, i, j] = tap_sums.sum((0, 2, 3))
+    return weight_grad
+
+
+def depthwise_input_grad(grad_out: torch.Tensor, weight: torch.Tensor, padding: int, d: int,
+                         memory_format: torch.memory_format) -> torch.Tensor:
+    """The input gradient of a depthwise conv at stride 1 with ``padding`` and dilation ``d``: the same conv of
+    ``grad_out`` by the kernel turned 180°, with the taps' shifts reversed (padding ``d·(k - 1) - padding``), which
+    oneDNN's depthwise forward kernel computes fast. Where the padding exceeds the kernel's reach, the border
+    outputs read no input pixel: they are cropped instead of padded negatively."""
+    grad_out = grad_out.contiguous(memory_format=memory_format)
+    reversed_padding = []
+    for axis, k in zip((2, 3), weight.shape[-2:]):
+        reach = d * (k - 1) - padding
+        if reach < 0:
+            grad_out = grad_out.narrow(axis, -reach, grad_out.shape[axis] + 2 * reach)
+        reversed_padding.append(max(reach, 0))
+    return F.conv2d(grad_out, weight.flip(-2, -1), None, 1, reversed_padding, d, weight.shape[0])
+
+
+class _DepthwiseTapsConv(torch.autograd.Function):
+    """``F.conv2d`` of a depthwise conv with dilation at stride 1 whose backward is :func:`depthwise_input_grad`
+    and :func:`depthwise_weight_grad`."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding, d):
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (padding, d, bias is not None)
+        return F.conv2d(x, weight, bias, 1, padding, d, x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        padding, d, has_bias = ctx.conf
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = depthwise_input_grad(grad_out, weight, padding, d, _memory_format(x))
+        if ctx.needs_input_grad[1]:
+            grad_weight = depthwise_weight_grad(grad_out, x, weight.shape[-2:], padding, d)
+        if has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_out.sum((0, 2, 3))
+        return grad_x, grad_weight, grad_bias, None, None
+
+
+def depthwise_taps_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
+                          dilation: int) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, 1, padding, dilation, groups=C)`` for a depthwise ``weight`` ``(C, 1, kh, kw)``
+    on ``x`` ``(N, C, H, W)``, whose backward sums the kernel's taps (:class:`_DepthwiseTapsConv`)."""
+    channels = x.shape[1]
+    if weight.shape[:2] != (channels, 1):
+        raise ValueError(f"the taps path computes a depthwise conv (weight (C, 1, kh, kw) for C = {channels} input "
+                         f"channels), not a weight of shape {tuple(weight.shape)}; use F.conv2d for it")
+    return _DepthwiseTapsConv.apply(x, weight, bias, padding, dilation)
+
+
 # The x86 instruction sets the rule was measured on (ATen's CPU capability, which oneDNN's kernels follow).
 _CPU_CAPABILITY = torch.backends.cpu.get_cpu_capability()
 _MEASURED_CAPABILITIES = ("AVX2", "AVX512")
 
 
-def uses_space_to_batch(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Whether ``conv(x)`` computes its backward through space-to-batch.
+class BackwardPath(enum.Enum):
+    """How :class:`Conv2d` computes its backward (its forward is oneDNN's dilated conv on every path)."""
 
-    Only on an x86 CPU (AVX2 or AVX-512), in float32 outside autocast, when a gradient of ``x`` or of the
-    weight is wanted, for a configuration :func:`space_to_batch_supported`, and there only where
-    ``bench_dilated_conv.py`` measured forward + backward faster (every dilated conv of the registered nets,
-    batch 128 and 256, one thread; speed-ups with AVX2 / with AVX-512):
-    - stride = dilation (the strided transitions): one phase, 1/d² of the input, is convolved
-      (1.3-10× / 1.8-14×);
-    - depthwise at stride 1: channels-last 2.2-6.3× / 2.5-3.7×, NCHW 1.0-2.4× / 1.3-3.0× (the least at
-      dilation 4 on 8×8 maps, whose 16 phases hold 2×2 pixels each);
+    NATIVE = "oneDNN's own backward (nn.Conv2d)"
+    SPACE_TO_BATCH = "space_to_batch_conv2d: an undilated conv of the input's phases"
+    TAPS = "depthwise_taps_conv2d: the input gradient as a conv, the weight gradient as per-tap sums"
+
+
+def backward_path(conv: nn.Conv2d, x: torch.Tensor) -> BackwardPath:
+    """The path ``conv(x)`` computes its backward by.
+
+    Space-to-batch or the taps only on an x86 CPU (AVX2 or AVX-512), in float32 outside autocast, when a
+    gradient of ``x`` or of the weight is wanted, for a configuration :func:`space_to_batch_supported`, and
+    there only where ``bench_dilated_conv.py`` measured forward + backward faster than native (every dilated
+    conv of the registered nets, one thread; speed-ups with AVX2 / with AVX-512):
+    - depthwise (channel multiplier 1) at stride 1: the taps, at batch 512 and 256 (the machine shared with
+      two trainings; each time the minimum of 5): channels-last 5.8-9.8× / 1.3-9.7× (5.2-9.7× at dilation 4,
+      where space-to-batch gave 1.1-2.6× / 1.1-2.3×), NCHW 1.5-4.0× / 2.4-4.5×. Against space-to-batch the taps
+      won every shape but ties at dilation 2 on 8×8 maps of 16 and 128 channels at batch 256 (backward 2.3 vs
+      2.7 ms, 19.0 vs 20.9 ms, within the spread of repeated runs); on larger maps, checked by hand at batch 256
+      (32×32 at dilation 2 and 8, 16×16 at dilation 4, a 5×5 kernel), their backward was 1.07-2.1× faster;
+    - stride = dilation (the strided transitions): space-to-batch, where one phase, 1/d² of the input, is
+      convolved (1.3-10× / 1.8-14× at batch 128 and 256);
+    - depthwise with a channel multiplier > 1 at stride 1 (no registered net has one): space-to-batch, as for
+      every depthwise conv before the taps (measured on c4net's, multiplier 1, at batch 128 and 256:
+      channels-last 2.2-6.3× / 2.5-3.7×, NCHW 1.0-2.4× / 1.3-3.0×);
     - other convs at stride 1, with AVX2 only (AVX-512 has a dilated backward-weights kernel for them:
       0.65-1.04×), where the padding is whole phases (a multiple of the dilation, so nothing is copied for
-      it): at dilation 2 (1.0-1.5×), and in channels-last at dilation 3 and 4 too (1.0-1.5×); not at
-      dilation 8, whose 4×4 phases of a 32×32 map cost as much as they save.
+      it): space-to-batch at dilation 2 (1.0-1.5×), and in channels-last at dilation 3 and 4 too (1.0-1.5×);
+      not at dilation 8, whose 4×4 phases of a 32×32 map cost as much as they save.
     A fixed rule, not a run-time measurement, so that a resumed run computes what an uninterrupted one does.
     """
     if not (_CPU_CAPABILITY in _MEASURED_CAPABILITIES and x.device.type == "cpu" and x.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu") and torch.is_grad_enabled()
             and (x.requires_grad or conv.weight.requires_grad)
             and space_to_batch_supported(conv.stride, conv.padding, conv.dilation, conv.padding_mode)):
-        return False
+        return BackwardPath.NATIVE
     d = conv.dilation[0]
     channels_last = _memory_format(x) == torch.channels_last
+    depthwise = conv.groups == conv.in_channels == conv.out_channels
+    if depthwise and conv.stride[0] == 1:
+        return BackwardPath.TAPS
     if conv.stride[0] == d or conv.groups == conv.in_channels:
-        return True
-    return _CPU_CAPABILITY == "AVX2" and conv.padding[0] % d == 0 and (d == 2 or channels_last and d <= 4)
+        return BackwardPath.SPACE_TO_BATCH
+    if _CPU_CAPABILITY == "AVX2" and conv.padding[0] % d == 0 and (d == 2 or channels_last and d <= 4):
+        return BackwardPath.SPACE_TO_BATCH
+    return BackwardPath.NATIVE
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` that computes its backward through space-to-batch where :func:`uses_space_to_batch` says so.
+    """``nn.Conv2d`` that computes its backward through space-to-batch or the taps where :func:`backward_path`
+    says so.
 
     It has the parameters, state-dict keys and forward output of an ``nn.Conv2d`` built with the same
     arguments, and its name, so that a net prints and analyses as before; where the rule does not apply
@@ -235,7 +365,10 @@ class Conv2d(nn.Conv2d):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if uses_space_to_batch(self, input):
+        path = backward_path(self, input)
+        if path is BackwardPath.SPACE_TO_BATCH:
             return space_to_batch_conv2d(input, self.weight, self.bias, self.stride[0], self.padding[0],
                                          self.dilation[0], self.groups)
+        if path is BackwardPath.TAPS:
+            return depthwise_taps_conv2d(input, self.weight, self.bias, self.padding[0], self.dilation[0])
         return super().forward(input)
