@@ -25,7 +25,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import sys
 import time
 import uuid
@@ -444,27 +443,13 @@ def requeue_own_job(say: Callable[..., None]) -> None:
 # ====================================================================== checkpoints
 
 
-def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": ckpt.numpy_rng_state(), "python": random.getstate()}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    ckpt.set_numpy_rng_state(state["numpy"])
-    random.setstate(state["python"])
-
-
 def save_training_state(directory: Path, cfg: TrainConfig, accelerator: Accelerator, net: torch.nn.Module,
                         optimizer: Any, schedule: Any, ema: AveragedModel | None, progress: Progress,
                         data: CifarArrays) -> None:
     """Every process contributes its RNG state; the main process writes the checkpoint atomically and prunes
     old ones (keeping the best and the one at the start of the last epoch); all wait for it, so no process
     exits while the checkpoint is half written."""
-    rng_states = gather_object([rng_state()])
+    rng_states = gather_object([ckpt.rng_state(accelerator.device)])
     if accelerator.is_main_process:
         payloads = {"model": ckpt.plain_state_dict(net), "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(), "rng": rng_states, "progress": dataclasses.asdict(progress)}
@@ -530,7 +515,7 @@ def load_training_state(path: Path, cfg: TrainConfig, accelerator: Accelerator, 
         ema.load_state_dict(state["ema"])
     rng = state["rng"]
     if len(rng) == accelerator.num_processes:
-        set_rng_state(rng[accelerator.process_index])
+        ckpt.set_rng_state(rng[accelerator.process_index], accelerator.device)
     else:
         warnings.warn(f"checkpoint {path} has random states of {len(rng)} processes, this run has "
                       f"{accelerator.num_processes}: dropout draws will differ from an uninterrupted run",
@@ -631,7 +616,8 @@ def eval_loader(images: np.ndarray, labels: np.ndarray, data: CifarArrays, cfg: 
 def resolve_precision(cfg: TrainConfig) -> str:
     gpu = torch.cuda.is_available() and not cfg.cpu
     if cfg.mixed_precision == "auto":
-        return "bf16" if gpu and torch.cuda.is_bf16_supported() else "no"
+        # Native bf16 only: torch also counts emulated bf16 (V100, T4), which is slower than fp32.
+        return "bf16" if gpu and torch.cuda.is_bf16_supported(including_emulation=False) else "no"
     if cfg.mixed_precision == "fp16" and not gpu:
         raise BadInput("--mixed-precision fp16 needs a GPU (its loss scaler is CUDA-only here): use bf16 or no")
     return cfg.mixed_precision

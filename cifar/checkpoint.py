@@ -9,7 +9,8 @@ files damaged later (a full disk during a copy, a bad sync, bit rot).
 
 Payloads are read back with ``torch.load(weights_only=True)``, which refuses to run code from a tampered or
 foreign file; hence they may hold only tensors and plain Python values, which :func:`write_checkpoint` checks
-before it writes anything. :func:`numpy_rng_state` turns numpy's global RNG state into such values.
+before it writes anything. :func:`numpy_rng_state` turns numpy's global RNG state into such values, and
+:func:`rng_state` gathers every random stream a training process draws from.
 
 Weights alone are a safetensors file (:func:`save_weights`) whose metadata names the net and, with
 :func:`input_metadata`, what its inputs and outputs mean; :func:`load_net` builds the net back from such a file,
@@ -27,6 +28,7 @@ import io
 import json
 import os
 import pickle
+import random
 import re
 import shutil
 import uuid
@@ -341,6 +343,38 @@ def set_numpy_rng_state(state: Mapping[str, Any]) -> None:
     except KeyError as error:
         raise ValueError(f"numpy RNG state lacks {error}; pass a dict made by numpy_rng_state()") from None
     np.random.set_state(legacy)
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every random stream a training process on ``device`` draws from, as plain values: torch's CPU generator,
+    the generator of ``device`` when it is a GPU (the only GPU the process uses), numpy's and Python's.
+
+    Only the process's own GPU is saved: a process sees every GPU of its node, and a state per visible GPU
+    could not be restored where fewer are visible (another node, another ``CUDA_VISIBLE_DEVICES``). A CPU
+    process leaves CUDA alone, so it never creates a context on a GPU it does not use.
+    """
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "numpy": numpy_rng_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    """Restore a :func:`rng_state` dict in a process training on ``device``.
+
+    The GPU stream is restored only onto a GPU and only when the state has one, so a checkpoint written on the
+    CPU resumes on a GPU and vice versa (the GPU keeps the stream it was seeded with). Older checkpoints hold
+    a list with one state per GPU the writer could see: the entry of ``device``'s index is taken, if it has one.
+    """
+    torch.set_rng_state(state["torch"])
+    cuda = state["cuda"]
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if isinstance(cuda, (list, tuple)):
+            cuda = cuda[index] if index < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, index)
+    set_numpy_rng_state(state["numpy"])
+    random.setstate(state["python"])
 
 
 def _serialize(stem: str, obj: Any) -> bytes:

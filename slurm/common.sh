@@ -9,9 +9,10 @@ fi
 
 # ---------------------------------------------------------------- site settings
 # Export any of these before `sbatch` to change them (sbatch hands the submitting shell's environment to the job).
-CIFAR_ACTIVATE=${CIFAR_ACTIVATE:-.venv/bin/activate}  # sourced to activate the Python environment; "" for none
+# (CIFAR_ACTIVATE alone takes its default only when unset: set to "", it means none.)
+CIFAR_ACTIVATE=${CIFAR_ACTIVATE-.venv/bin/activate}   # sourced to activate the Python environment; "" for none
 CIFAR_RUNS=${CIFAR_RUNS:-runs}                        # the runs' output folders go under this folder
-GPUS_PER_NODE=${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-0}}  # from SLURM; set it where GPUs are not a GRES
+GPUS_PER_NODE=${GPUS_PER_NODE:-}                      # GPUs per node (default: what SLURM says, gpus_on_node below)
 CPU_PROCS_PER_NODE=${CPU_PROCS_PER_NODE:-1}           # training processes per node when the job has no GPU
 SEED_BASE=${SEED_BASE:-0}                             # array task i trains seed SEED_BASE + i
 MAIN_ADDR=${MAIN_ADDR:-$(hostname)}                   # the batch shell runs on the first node: rank 0's host
@@ -24,6 +25,45 @@ if [ -n "${SLURM_ARRAY_JOB_ID:-}" ]; then
 else
     job_ref="${SLURM_JOB_ID}"
 fi
+
+# The GPUs each node's processes are to use, printed as a count: GPUS_PER_NODE if set, else what SLURM says the
+# job has. SLURM says it in different variables and spellings depending on its version, its site configuration and
+# how the job asked (--gpus-per-node, --gres, --gpus): SLURM_GPUS_ON_NODE ("4"; "a100:4" on some sites),
+# SLURM_GPUS_PER_NODE (as given to --gpus-per-node: "4", "a100:4", "gpu:a100:4", "a100:2,v100:2"), or only
+# SLURM_JOB_GPUS (the GPU indices, "0,1,2,3"). The first one set is read; none set means no GPU (0). A value
+# that is none of these is an error (status 2): read as 0 it would silently train on the CPU of a GPU node.
+gpus_on_node() {
+    local name value count item
+    local -a items
+    for name in GPUS_PER_NODE SLURM_GPUS_ON_NODE SLURM_GPUS_PER_NODE SLURM_JOB_GPUS; do
+        value=${!name:-}
+        [ -n "$value" ] || continue
+        count=0
+        if [ "$name" = SLURM_JOB_GPUS ]; then
+            IFS=, read -ra items <<< "$value"
+            for item in "${items[@]}"; do
+                [[ "$item" =~ ^[0-9]+$ ]] || { count=; break; }
+                count=$(( count + 1 ))
+            done
+        else
+            # One "[gres:][type:]count" per GPU type, comma-separated; the count is the part after the last colon.
+            IFS=, read -ra items <<< "$value"
+            for item in "${items[@]}"; do
+                item=${item##*:}
+                [[ "$item" =~ ^[0-9]+$ ]] || { count=; break; }
+                count=$(( count + 10#$item ))
+            done
+        fi
+        if [ -z "$count" ]; then
+            echo "error: $name='$value' is not a GPU count SLURM writes (4, a100:4, gpu:a100:4, a100:2,v100:2; or" \
+                 "GPU indices 0,1,2,3 for SLURM_JOB_GPUS): export GPUS_PER_NODE=<GPUs per node> before sbatch" >&2
+            return 2
+        fi
+        echo "$count"
+        return 0
+    done
+    echo 0
+}
 
 # Start every node's `accelerate launch` with train.py and the given train.py arguments; return its status.
 train_on_every_node() {
@@ -38,9 +78,10 @@ train_on_every_node() {
     fi
 
     # -------------------------------------------------------------- processes: one per GPU, or CPU processes
-    local nodes=${SLURM_JOB_NUM_NODES:-1} per_node device_args=()
-    if [ "$GPUS_PER_NODE" -gt 0 ]; then
-        per_node=$GPUS_PER_NODE
+    local nodes=${SLURM_JOB_NUM_NODES:-1} per_node device_args=() gpus
+    gpus=$(gpus_on_node) || return 2
+    if [ "$gpus" -gt 0 ]; then
+        per_node=$gpus
     else
         per_node=$CPU_PROCS_PER_NODE
         device_args=(--cpu)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,89 @@ def test_templates_refuse_to_run_outside_a_job_or_without_their_environment(temp
     in_job = {**clean, "SLURM_JOB_ID": "5", "CIFAR_ACTIVATE": str(tmp_path / "no-venv" / "bin" / "activate")}
     done = subprocess.run(["bash", str(script)], cwd=ROOT, env=in_job, capture_output=True, text=True)
     assert done.returncode == 2 and "no-venv/bin/activate does not exist" in done.stderr
+
+
+# ---------------------------------------------------------------- GPUs per node, as SLURM spells them
+
+
+def gpus_on_node(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """slurm/common.sh's gpus_on_node in a job's environment holding only ``env`` besides the basics."""
+    job = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SLURM_JOB_ID": "5", **env}
+    return subprocess.run(["bash", "-c", ". slurm/common.sh && gpus_on_node"], cwd=ROOT, env=job,
+                          capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("env, count", [
+    ({}, "0"),
+    ({"SLURM_GPUS_ON_NODE": "4"}, "4"),
+    ({"SLURM_GPUS_ON_NODE": "a100:4"}, "4"),                      # some sites write the type in
+    ({"SLURM_GPUS_PER_NODE": "gpu:a100:4"}, "4"),                 # --gpus-per-node with the GRES name, no _ON_NODE
+    ({"SLURM_GPUS_PER_NODE": "a100:2,v100:1"}, "3"),              # several types on one node
+    ({"SLURM_GPUS_PER_NODE": "08"}, "8"),                         # not octal
+    ({"SLURM_JOB_GPUS": "0,1,2"}, "3"),                           # indices only: counted, not summed
+    ({"SLURM_GPUS_ON_NODE": "2", "SLURM_GPUS_PER_NODE": "a100:4"}, "2"),  # what the node has wins over the request
+    ({"GPUS_PER_NODE": "1", "SLURM_GPUS_ON_NODE": "4"}, "1"),     # the user's setting wins
+])
+def test_gpus_on_node_reads_every_spelling_slurm_uses(tmp_path: Path, env: dict[str, str], count: str) -> None:
+    done = gpus_on_node(tmp_path, **env)
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, count, "")
+
+
+@pytest.mark.parametrize("name, value", [("SLURM_GPUS_ON_NODE", "lots"), ("SLURM_GPUS_PER_NODE", "a100:"),
+                                         ("SLURM_JOB_GPUS", "GPU-8f1c,GPU-22ab"), ("GPUS_PER_NODE", "four")])
+def test_an_unreadable_gpu_count_is_an_error_naming_the_variable_and_the_fix(tmp_path: Path, name: str,
+                                                                             value: str) -> None:
+    """Read as 0 GPUs, it would train on the CPU of a GPU node without a word."""
+    done = gpus_on_node(tmp_path, **{name: value})
+    assert done.returncode == 2 and done.stdout == ""
+    assert f"{name}='{value}'" in done.stderr and "export GPUS_PER_NODE=" in done.stderr
+
+
+@pytest.mark.parametrize("env, processes, cpu", [
+    ({"SLURM_GPUS_PER_NODE": "gpu:a100:4"}, "4", False),
+    ({"SLURM_GPUS_ON_NODE": "1"}, "1", False),
+    ({}, "1", True),
+    ({"CPU_PROCS_PER_NODE": "2"}, "2", True),
+])
+def test_the_template_launches_one_process_per_gpu_or_cpu_processes(tmp_path: Path, env: dict[str, str],
+                                                                   processes: str, cpu: bool) -> None:
+    """slurm/train.sbatch as a job runs it, with an srun that records what it was asked to start, in a checkout
+    without .venv: CIFAR_ACTIVATE="" means no environment to activate, not the default one."""
+    recorded = tmp_path / "srun-args"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {recorded}\n")
+    (bin_dir / "srun").chmod(0o755)
+    checkout = tmp_path / "checkout"
+    shutil.copytree(ROOT / "slurm", checkout / "slurm")
+    job = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "SLURM_JOB_ID": "5", "SLURM_JOB_NAME": "cifar",
+           "SLURM_JOB_NUM_NODES": "1", "SLURM_CPUS_ON_NODE": "8", "CIFAR_ACTIVATE": "", "CIFAR_DIR": str(checkout),
+           **env}
+    done = subprocess.run(["bash", str(checkout / "slurm" / "train.sbatch"), "--epochs", "1"], cwd=tmp_path, env=job,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    args = recorded.read_text().splitlines()
+    assert args[args.index("--num_processes") + 1] == processes
+    assert ("--multi_gpu" in args) == (processes != "1")
+    train_args = args[args.index("train.py") + 1:]
+    assert ("--cpu" in train_args) == cpu and train_args[-2:] == ["--epochs", "1"]
+    assert f"1 node(s) x {processes} process(es), {'--cpu' if cpu else 'GPU'}" in done.stdout
+
+
+# ---------------------------------------------------------------- accelerate launch configs
+
+
+@pytest.mark.parametrize("name, distributed, processes, machines, cpu", [
+    ("cpu_2proc", "MULTI_GPU", 2, 1, True),
+    ("single_gpu", "NO", 1, 1, False),
+    ("multi_gpu", "MULTI_GPU", 8, 1, False),
+    ("multi_node", "MULTI_GPU", 16, 2, False),
+])
+def test_launch_configs_are_read_by_the_pinned_accelerate(name: str, distributed: str, processes: int, machines: int,
+                                                          cpu: bool) -> None:
+    """accelerate refuses a config file with a key it does not know; each file means what its comments say."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    config = load_config_from_file(str(ROOT / "accelerate_configs" / f"{name}.yaml"))
+    assert (config.distributed_type.value, config.num_processes, config.num_machines, config.use_cpu) == \
+        (distributed, processes, machines, cpu)
+    assert config.mixed_precision in ("no", "bf16") and config.compute_environment.value == "LOCAL_MACHINE"

@@ -332,11 +332,6 @@ def test_sigint_to_the_launcher_alone_or_its_group_saves_a_checkpoint_then_resum
     assert_same_run(straight_two, out)
 
 
-# Open problem, not a regression: on an AVX-512 CPU (Intel Xeon, lscpu model 167) this test fails by 1.05e-3 in the
-# first conv's weight with this code and with a287748's alike, where an AVX2 AMD EPYC passed it at 1e-5; setting
-# ONEDNN_MAX_CPU_ISA=AVX2 does not change that. Strict: it reports when the cause is found and fixed.
-@pytest.mark.xfail(torch.backends.cpu.get_cpu_capability() == "AVX512", strict=True,
-                   reason="2-process sync-bn differs from 1 process by ~1e-3 on AVX-512 CPUs (under investigation)")
 def test_sync_bn_on_two_processes_matches_one_process_with_the_same_global_batch(tiny: Path, tmp_path: Path) -> None:
     args = [*BASE, "--data-dir", tiny, "--epochs", "1", "--val-size", "0"]
     one = train(*args, "--output-dir", tmp_path / "one")

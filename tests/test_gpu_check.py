@@ -1,0 +1,91 @@
+"""bench/gpu_check.sh, the script for a GPU's first minutes, kept from rotting where there is no GPU: its dry run
+goes through every stage on the CPU with the tiny generated dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_data import write_tiny_cifar
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "gpu_check.sh"
+
+
+def stages(summary: Path) -> dict[str, list[str]]:
+    """gpu_check.md's table: stage name -> [command, wall seconds, exit status, notes]."""
+    rows = [line for line in summary.read_text().splitlines() if line.startswith("| ")][1:]  # past the header
+    return {cells[0]: cells[1:] for cells in ([cell.strip() for cell in row.strip("|").split(" | ")] for row in rows)}
+
+
+@pytest.mark.slow
+def test_the_dry_run_goes_through_every_stage_and_ships_the_results(tmp_path: Path) -> None:
+    data = write_tiny_cifar(tmp_path / "tiny")
+    out = tmp_path / "check"
+    done = subprocess.run([str(SCRIPT), "--dry-run", "--data-dir", str(data), "--out", str(out)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    found = stages(out / "gpu_check.md")
+    runs = ["c4net_tiny-1ep-seed0", "c4net_tiny-1ep-seed1", "seed000-1ep-seed0"]  # the dry run's accuracy runs
+    expected = ["data", "gpu tests", "bench", *(stage for run in runs for stage in (run, f"ship {run}"))]
+    assert list(found) == expected
+    assert {name: row[2] for name, row in found.items()} == dict.fromkeys(expected, "0")
+    assert all(float(row[1]) > 0 for row in found.values())
+    assert "pytest -m gpu" in found["gpu tests"][0] and "--cpu" in found["bench"][0]
+    assert found["c4net_tiny-1ep-seed0"][3].startswith("test acc ")  # the run's accuracy, in its notes
+    for run in runs:
+        summary = json.loads((out / "results" / run / "summary.json").read_text())
+        assert (summary["model"], summary["epochs"], summary["device"]) == (run.split("-")[0], 1, "cpu")
+        assert summary["seed"] == int(run[-1])
+        assert (out / "results" / run / "model.safetensors").is_file()
+    assert json.loads((out / "bench.json").read_text())["trainer_vs_baseline"] > 0
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="nvidia-smi is installed: a GPU may be here")
+def test_without_a_gpu_it_stops_at_once_and_names_the_dry_run(tmp_path: Path) -> None:
+    out = tmp_path / "check"
+    done = subprocess.run([str(SCRIPT), "--out", str(out)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert "finds no GPU" in done.stderr and "--dry-run" in done.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--budget", "0"], ["budget '0'", "--budget"]),
+    (["--frobnicate"], ["'--frobnicate'", "--dry-run", "--data-dir"]),
+])
+def test_bad_arguments_are_refused_with_the_valid_ones(tmp_path: Path, args: list[str], words: list[str]) -> None:
+    done = subprocess.run([str(SCRIPT), *args], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and all(word in done.stderr for word in words), done.stderr
+
+
+def test_stages_past_the_budget_are_stopped_or_skipped_and_say_so(tmp_path: Path) -> None:
+    """Two seconds: the data check fits, the GPU tests are stopped when the budget runs out, nothing starts after
+    that, and the accuracy runs, which have no seed-0 run to be estimated from, say so."""
+    data = write_tiny_cifar(tmp_path / "tiny")
+    out = tmp_path / "check"
+    done = subprocess.run([str(SCRIPT), "--dry-run", "--data-dir", str(data), "--out", str(out), "--budget", "2"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    found = stages(out / "gpu_check.md")
+    assert found["data"][2] == "0"
+    assert found["gpu tests"][2] == "124" and "stopped: out of budget" in found["gpu tests"][3]
+    for stage in ("bench", "c4net_tiny-1ep-seed0"):
+        assert found[stage][1:] == ["-", "skipped", "the budget is spent"]
+    for stage in ("c4net_tiny-1ep-seed1", "seed000-1ep-seed0"):
+        assert found[stage][1:] == ["-", "skipped", "no estimate: the seed-0 run did not finish"]
+
+
+def test_a_seed_net_without_a_recipe_is_refused_before_any_stage(tmp_path: Path) -> None:
+    out = tmp_path / "check"
+    done = subprocess.run([str(SCRIPT), "--dry-run", "--data-dir", str(tmp_path), "--out", str(out)], cwd=tmp_path,
+                          env={**os.environ, "GPU_CHECK_SEED_NETS": "seed000 seed999"}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "seed999" in done.stderr and "seed000 seed001" in done.stderr, done.stderr
+    assert not out.exists()
