@@ -50,7 +50,9 @@ def add_batch(totals: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor, 
 
 def add_stop_flags(totals: torch.Tensor, stop: bool, requeue: bool, interrupted: bool) -> None:
     """Record this process's stop request in the step's totals (before they are reduced)."""
-    totals[_STOP], totals[_REQUEUE], totals[_INTERRUPT] = float(stop), float(requeue), float(interrupted)
+    # One copy to the device, not three scalar writes (each a host-to-device transfer on a GPU).
+    flags = torch.tensor((float(stop), float(requeue), float(interrupted)), dtype=totals.dtype)
+    totals[_STOP:_INTERRUPT + 1] = flags.to(totals.device, non_blocking=True)
 
 
 class LaggedTotals:

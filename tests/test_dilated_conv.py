@@ -4,6 +4,7 @@ are unchanged by them."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -72,18 +73,26 @@ CASES = [random_case(seed) for seed in range(60)] + C4NET_CASES
 
 @pytest.mark.parametrize("case", CASES, ids=[f"random{seed}" for seed in range(60)] + ["c4-transition", "c3", "c4"])
 def test_forward_and_gradients_match_dilated_conv2d(case: Case) -> None:
+    assert_matches_dilated_conv2d(
+        case, lambda x, weight, bias: space_to_batch_conv2d(x, weight, bias, *conv_args(case)),
+        "_SpaceToBatchConvBackward")
+
+
+def assert_matches_dilated_conv2d(case: Case, conv: Callable[..., torch.Tensor], backward_name: str) -> None:
+    """``conv(x, weight, bias)`` gives F.conv2d's output exactly (the forward is the native conv itself) and its
+    gradients to the last bits: the input gradient sums the same products, the weight and bias gradients sum
+    them in another order."""
     torch.manual_seed(0)
     x, weight, bias = inputs(case)
     wrt = [t for t in (x, weight, bias) if t is not None]
     expected = F.conv2d(x, weight, bias, *conv_args(case))
-    out = space_to_batch_conv2d(x, weight, bias, *conv_args(case))
+    out = conv(x, weight, bias)
     grad_out = torch.randn_like(expected)
     expected_grads = torch.autograd.grad(expected, wrt, grad_out)
     grads = torch.autograd.grad(out, wrt, grad_out)
 
-    assert out.grad_fn.name() == "_SpaceToBatchConvBackward", case
-    assert torch.equal(out, expected), case  # the forward is the native conv itself
-    # The input gradient sums the same products; the weight and bias gradients sum them in another order.
+    assert out.grad_fn.name() == backward_name, case
+    assert torch.equal(out, expected), case
     torch.testing.assert_close(grads[0], expected_grads[0], rtol=1e-6, atol=1e-5, msg=str(case))
     for grad, expected_grad in zip(grads[1:], expected_grads[1:]):
         torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-4, msg=str(case))
@@ -144,23 +153,9 @@ def test_taps_forward_and_gradients_match_dilated_conv2d(case: Case, two_image_c
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     if two_image_chunks:  # batches of 3 and 5 then take several chunks, the last one partial
         monkeypatch.setattr(dilated, "_TAP_CHUNK_VALUES", 2 * case.in_channels * case.height * case.width)
-    torch.manual_seed(0)
-    x, weight, bias = inputs(case)
-    wrt = [t for t in (x, weight, bias) if t is not None]
-    expected = F.conv2d(x, weight, bias, *conv_args(case))
-    out = depthwise_taps_conv2d(x, weight, bias, case.padding, case.dilation)
-    grad_out = torch.randn_like(expected)
-    expected_grads = torch.autograd.grad(expected, wrt, grad_out)
-    grads = torch.autograd.grad(out, wrt, grad_out)
-
-    assert out.grad_fn.name() == "_DepthwiseTapsConvBackward", case
-    assert torch.equal(out, expected), case  # the forward is the native conv itself
-    # The input gradient sums the same k² products per pixel; the weight and bias gradients sum a batch's.
-    torch.testing.assert_close(grads[0], expected_grads[0], rtol=1e-6, atol=1e-5, msg=str(case))
-    for grad, expected_grad in zip(grads[1:], expected_grads[1:]):
-        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-4, msg=str(case))
-    if case.channels_last and case.height > 1 and case.width > 1:
-        assert grads[0].is_contiguous(memory_format=torch.channels_last), case
+    assert_matches_dilated_conv2d(
+        case, lambda x, weight, bias: depthwise_taps_conv2d(x, weight, bias, case.padding, case.dilation),
+        "_DepthwiseTapsConvBackward")
 
 
 def test_taps_gradients_of_a_full_c4_batch_match_float64() -> None:
