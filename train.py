@@ -608,9 +608,12 @@ def hardware(accelerator: Accelerator) -> str:
 
 
 def eval_loader(images: np.ndarray, labels: np.ndarray, data: CifarArrays, cfg: TrainConfig) -> DataLoader:
+    """Evaluation batches, normalized in this process. No workers: forking new ones at every evaluation, while
+    the training loader's feeder thread may hold a lock, sometimes left a child stuck in fork (seen in CI:
+    one process waited on its evaluation worker forever, the other in gather_for_metrics); and normalizing
+    10,000 images here takes a fraction of a second."""
     return DataLoader(PlainDataset(images, labels, build_test_transform(data.mean, data.std)),
-                      batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
-                      worker_init_fn=ignore_stop_signals)
+                      batch_size=cfg.batch_size, shuffle=False, num_workers=0)
 
 
 def resolve_precision(cfg: TrainConfig) -> str:
