@@ -166,7 +166,7 @@ def main(argv: list[str], stop: StopRequest) -> int:
     optimizer = build_optimizer(net, cfg.optimizer, cfg.lr, cfg.weight_decay, momentum=cfg.momentum,
                                 nesterov=cfg.nesterov)
     # Not handed to prepare(): it follows the optimizer's own step count, once per optimizer step.
-    schedule = build_schedule(cfg.scheduler, optimizer, total_steps)
+    schedule = build_schedule(cfg.scheduler, optimizer, total_steps, **cfg.scheduler_params)
     model, optimizer, test_loader = accelerator.prepare(net, optimizer, test_loader)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
@@ -571,7 +571,8 @@ def write_results(cfg: TrainConfig, out: Path, net: torch.nn.Module, data: Cifar
         "loss": plots.plot_loss(progress.history, figures / "loss.png"),
         "accuracy": plots.plot_accuracy(progress.history, figures / "accuracy.png"),
         "lr": plots.plot_lr(list(range(total_steps)),
-                            [schedule_lr(cfg.scheduler, s, total_steps, cfg.lr) for s in range(total_steps)],
+                            [schedule_lr(cfg.scheduler, s, total_steps, cfg.lr, **cfg.scheduler_params)
+                             for s in range(total_steps)],
                             figures / "lr.png"),
         "confusion_matrix": plots.plot_confusion_matrix(matrix, data.classes, figures / "confusion_matrix.png"),
     }

@@ -26,7 +26,7 @@ import yaml
 from cifar.augment import AUGMENT_PRESETS
 from cifar.nets import DEFAULT_NET, list_nets
 from cifar.optim import OPTIMIZERS
-from cifar.schedulers import SCHEDULERS
+from cifar.schedulers import SCHEDULERS, check_schedule
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 AUGMENT_BACKENDS = ("auto", "albumentations", "torch")
@@ -37,6 +37,8 @@ class ConfigError(ValueError):
 
 
 def _setting(default: Any, help: str, choices: Callable[[], Sequence[str]] | Sequence[str] | None = None) -> Any:
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"help": help, "choices": choices})
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
@@ -57,6 +59,10 @@ class TrainConfig:
     momentum: float = _setting(0.9, "SGD momentum (the schedule may cycle it)")
     nesterov: bool = _setting(True, "Nesterov momentum for SGD")
     scheduler: str = _setting("onecycle", "LR schedule over the whole run", SCHEDULERS)
+    scheduler_params: dict[str, Any] = _setting({}, "the schedule's parameters where they differ from its defaults, "
+                                                "as a YAML mapping, e.g. '{final_div_factor: 1000}' for onecycle or "
+                                                "'{milestones: [0.5, 0.75], gamma: 0.1}' for step; lengths are "
+                                                "fractions of the run (cifar/schedulers.py lists them)")
     weight_decay: float = _setting(5e-4, "weight decay of conv and linear weights (never of norms or biases)")
     label_smoothing: float = _setting(0.0, "label smoothing of the cross-entropy loss")
     augment: str = _setting("default", "training augmentation preset", tuple(AUGMENT_PRESETS))
@@ -107,6 +113,11 @@ class TrainConfig:
         _require(self, 0 < self.ema_decay < 1, "ema_decay", "a number in (0, 1)")
         _require(self, self.batch_size % self.grad_accum == 0, "batch_size",
                  f"a multiple of --grad-accum {self.grad_accum} (each micro-batch is the same size)")
+        try:
+            check_schedule(self.scheduler, self.scheduler_params)
+        except ValueError as error:
+            raise ConfigError(f"--scheduler-params {self.scheduler_params!r} is not valid for --scheduler "
+                              f"{self.scheduler}: {error}") from error
         if self.resume == "auto" and self.output_dir is None:
             raise ConfigError("--resume auto looks for checkpoints in --output-dir, but none was given (the default "
                               "names a new folder each run): pass the --output-dir of the run to continue")
@@ -128,10 +139,10 @@ class TrainConfig:
 # Settings that decide the trajectory of the weights: a resumed run must share them with its checkpoint,
 # or it would not continue the same run. The others (paths, workers, logging) may change between restarts.
 TRAJECTORY_FIELDS = ("model", "epochs", "batch_size", "grad_accum", "lr", "optimizer", "momentum", "nesterov",
-                     "scheduler", "weight_decay", "label_smoothing", "augment", "augment_backend", "seed", "subset",
+                     "scheduler", "scheduler_params", "weight_decay", "label_smoothing", "augment", "augment_backend", "seed", "subset",
                      "val_size", "sync_bn", "ema", "ema_decay", "channels_last")
 # What runs saved before a trajectory setting existed did instead.
-_BEFORE_THE_SETTING = {"augment_backend": "albumentations"}
+_BEFORE_THE_SETTING: dict[str, Any] = {"augment_backend": "albumentations", "scheduler_params": {}}
 
 
 def trajectory_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
@@ -149,11 +160,13 @@ def config_flags(saved: dict[str, Any], leave_out: Sequence[str] = ()) -> list[s
     for f in dataclasses.fields(TrainConfig):
         if f.name in leave_out or f.name not in saved:
             continue
-        value, default = saved[f.name], f.default
+        value, default = saved[f.name], _default(f)
         if value == (list(default) if isinstance(default, tuple) else default):
             continue
         if isinstance(value, bool):
             flags.append(_flag(f.name) if value else "--no-" + _flag(f.name)[2:])
+        elif isinstance(value, dict):
+            flags += [_flag(f.name), _yaml_flow(value)]
         elif isinstance(value, list):
             flags += [_flag(f.name), ",".join(map(str, value))]
         else:
@@ -172,11 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     types_ = _field_types()
     for f in dataclasses.fields(TrainConfig):
         kind = types_[f.name]
-        help_ = f"{f.metadata['help']} (default: {f.default!r})"
+        help_ = f"{f.metadata['help']} (default: {_default(f)!r})"
         if kind is bool:
             parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, help=help_)
         elif kind == tuple[str, ...]:
             parser.add_argument(_flag(f.name), type=_comma_list, help=help_)
+        elif kind == dict[str, Any]:
+            parser.add_argument(_flag(f.name), type=_yaml_mapping, help=help_)
         else:
             # Choices are checked in __post_init__, so a file and a flag give the same message.
             parser.add_argument(_flag(f.name), type=_scalar_type(kind), help=help_)
@@ -221,10 +236,10 @@ def load_yaml(path: Path) -> dict[str, Any]:
         settings[name] = value
     kinds = _field_types()
     for name, value in settings.items():
-        if kinds[name] is float and isinstance(value, str):
-            # YAML 1.1 reads 1e-3 (an exponent without a dot) as a string; a flag would accept it as a number.
-            with contextlib.suppress(ValueError):
-                settings[name] = float(value)
+        if kinds[name] is float:
+            settings[name] = _number(value)
+        elif kinds[name] == dict[str, Any] and isinstance(value, dict):
+            settings[name] = {key: _number(item) for key, item in value.items()}
     if isinstance(settings.get("wandb_tags"), list):
         settings["wandb_tags"] = tuple(settings["wandb_tags"])
     return settings
@@ -233,6 +248,37 @@ def load_yaml(path: Path) -> dict[str, Any]:
 def save_yaml(config: TrainConfig, path: Path) -> None:
     """Write ``config`` as YAML that ``--config`` reads back to an equal config."""
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _number(value: Any) -> Any:
+    """``value``, or the float a string spells: YAML 1.1 reads 1e-3 (an exponent without a dot) as a string,
+    where a flag would take it as a number."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return float(value)
+    return value
+
+
+def _yaml_mapping(text: str) -> dict[str, Any]:
+    """A flag's YAML mapping, e.g. ``{gamma: 0.1, milestones: [0.5, 0.75]}``; argparse reports the error."""
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid YAML ({error})") from error
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a YAML mapping; write e.g. '{{gamma: 0.1}}'")
+    return {str(key): _number(value) for key, value in loaded.items()}
+
+
+def _yaml_flow(mapping: dict[str, Any]) -> str:
+    """``mapping`` on one line, as ``_yaml_mapping`` reads it back."""
+    return yaml.safe_dump(mapping, default_flow_style=True, width=10**6).strip()
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
 
 
 def _flag(name: str) -> str:
@@ -281,6 +327,9 @@ def _check_type(name: str, value: Any, kind: Any) -> None:
     elif kind is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         expected = "a number"
+    elif kind == dict[str, Any]:
+        ok = isinstance(value, dict) and all(isinstance(key, str) for key in value)
+        expected = "a mapping of names to values"
     else:
         ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
         expected = {int: "an integer", bool: "true or false", str: "a string"}[kind]

@@ -139,8 +139,7 @@ def step_lr(step: int, total_steps: int, max_lr: float, milestones: Sequence[flo
 def cyclic_lr(step: int, total_steps: int, max_lr: float, div_factor: float = 100.0,
               half_cycle_pct: float = 0.08) -> float:
     """torch's triangular CyclicLR with equal halves: from ``max_lr / div_factor`` up to ``max_lr`` over
-    ``half_cycle_pct`` of the run, and down again. The defaults give the recipe of seed 003 at lr 1e-2 over
-    50 epochs: base_lr 1e-4 and 4-epoch halves."""
+    ``half_cycle_pct`` of the run, and down again (at lr 1e-2 the defaults' base_lr is 1e-4)."""
     step = _position(step, total_steps)
     _require(max_lr > 0, "max_lr", max_lr, "> 0")
     _require(div_factor >= 1, "div_factor", div_factor, ">= 1")
@@ -217,6 +216,24 @@ def schedule_defaults(name: str) -> dict[str, Any]:
     return defaults
 
 
+def check_schedule(name: str, params: dict[str, Any], total_steps: int = 1000) -> None:
+    """Raise ValueError, quoting the value and what is valid, unless ``params`` are parameters of schedule
+    ``name`` with values it accepts over ``total_steps`` steps (a setting can be checked before the run's
+    length is known: the checks of values do not depend on it)."""
+    valid = schedule_defaults(name)
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for scheduler {name!r}; "
+                         f"valid: {', '.join(f'{k} (default {v!r})' for k, v in sorted(valid.items()))}")
+    # Evaluate every function once so that a bad value fails here rather than at some later step.
+    kind = _kind(name)
+    try:
+        for function in kind.functions():
+            _call(function, 0, total_steps, params, **({"max_lr": 1.0} if function is kind.lr else {}))
+    except TypeError as error:
+        raise ValueError(f"a parameter of scheduler {name!r} has the wrong type ({error}); got {params!r}") from error
+
+
 def schedule_lr(name: str, step: int, total_steps: int, max_lr: float, **params: Any) -> float:
     """The lr of schedule ``name`` at optimizer ``step``: the value :class:`Schedule` sets, e.g. to plot it."""
     return _call(_kind(name).lr, step, total_steps, params, max_lr=max_lr)
@@ -258,18 +275,9 @@ class Schedule(LRScheduler):
     def _configure(self, optimizer: Optimizer, name: str, total_steps: int, cycle_momentum: bool,
                    params: dict[str, Any]) -> None:
         """Validate a schedule and adopt it: shared by construction and :meth:`load_state_dict`."""
+        check_schedule(name, params, total_steps)
         kind = _kind(name)
-        _position(0, total_steps)
-        valid = schedule_defaults(name)
-        unknown = sorted(set(params) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown parameter(s) {', '.join(unknown)} for scheduler {name!r}; "
-                             f"valid: {', '.join(sorted(valid))}")
-        # Evaluate once so that a bad value fails here rather than at some later step.
-        _call(kind.lr, 0, total_steps, params, max_lr=1.0)
         cycled = cycle_momentum and kind.momentum is not None
-        if cycled:
-            _call(kind.momentum, 0, total_steps, params)
         self._momentum = _momentum_key(optimizer) if cycled else None
         self._kind = kind
         self.name = name

@@ -132,6 +132,33 @@ def test_yaml_reads_exponent_floats_written_without_a_dot(tmp_path):
     assert (cfg.lr, cfg.weight_decay) == (0.001, 0.0005)
 
 
+def test_scheduler_params_from_a_yaml_mapping_or_a_flag_are_the_same(tmp_path):
+    from_yaml = parse_config(["--config", str(write(tmp_path, "scheduler: step\n"
+                                                               "scheduler_params: {milestones: [0.5], gamma: 1e-1}\n"))])
+    from_flag = parse_config(["--scheduler", "step", "--scheduler-params", "{milestones: [0.5], gamma: 0.1}"])
+    assert from_yaml.scheduler_params == from_flag.scheduler_params == {"milestones": [0.5], "gamma": 0.1}
+    assert TrainConfig().scheduler_params == {} and TrainConfig().scheduler_params is not TrainConfig().scheduler_params
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["--scheduler-params", "{gamma: 0.1}"], ["--scheduler-params {'gamma': 0.1}", "--scheduler onecycle",
+                                              "unknown parameter(s) gamma", "final_div_factor (default 10000.0)"]),
+    (["--scheduler", "step", "--scheduler-params", "{milestones: [0.75, 0.5]}"],
+     ["--scheduler step", "milestones must be increasing fractions of the run in (0, 1); got [0.75, 0.5]"]),
+])
+def test_scheduler_params_the_schedule_rejects_are_a_config_error(argv, fragments):
+    message = error_of(argv)
+    assert all(fragment in message for fragment in fragments), message
+
+
+@pytest.mark.parametrize("value", ["[0.5]", "{a: [", "3"])
+def test_scheduler_params_flag_that_is_not_a_mapping_exits_with_status_2(value, capsys):
+    with pytest.raises(SystemExit) as exited:
+        parse_config(["--scheduler-params", value])
+    assert exited.value.code == 2
+    assert "--scheduler-params" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------- validation
 
 
@@ -187,7 +214,9 @@ def test_saved_yaml_reads_back_to_an_equal_config(tmp_path):
     cfg = TrainConfig(model="c4net_tiny", epochs=3, batch_size=96, grad_accum=3, lr=1e-5, weight_decay=1e-5,
                       optimizer="adamw", nesterov=False, subset=500, val_size=100, cpu=True, ema=True,
                       resume="auto", output_dir=str(tmp_path / "run"), wandb_tags=("x", "y z"),
-                      wandb_group="g").resolved("bf16", "albumentations", FIXED_TIME)
+                      wandb_group="g", scheduler="step",
+                      scheduler_params={"milestones": [0.3, 0.6], "gamma": 0.2}).resolved("bf16", "albumentations",
+                                                                                       FIXED_TIME)
     path = tmp_path / "config.yaml"
     save_yaml(cfg, path)
     assert parse_config(["--config", str(path)]) == cfg
@@ -222,6 +251,14 @@ def test_a_checkpoint_from_before_augment_backend_existed_counts_as_albumentatio
     assert "--augment-backend" in difference and "'albumentations' in the checkpoint, 'torch' now" in difference
 
 
+def test_a_checkpoint_from_before_scheduler_params_existed_counts_as_the_defaults():
+    saved = TrainConfig().to_dict()
+    del saved["scheduler_params"]
+    assert trajectory_differences(saved, TrainConfig()) == []
+    [difference] = trajectory_differences(saved, TrainConfig(scheduler_params={"final_div_factor": 1e3}))
+    assert "--scheduler-params: {} in the checkpoint, {'final_div_factor': 1000.0} now" in difference
+
+
 def test_trajectory_differences_ignore_paths_workers_and_logging():
     saved = TrainConfig(output_dir="runs/a").to_dict()
     now = TrainConfig(output_dir="runs/b", num_workers=0, wandb=True, wandb_project="other", wandb_group="g",
@@ -246,11 +283,11 @@ def test_flags_cannot_be_abbreviated() -> None:
 
 def test_config_flags_rebuild_a_saved_config_from_its_non_default_values() -> None:
     config = TrainConfig(epochs=10, cpu=True, nesterov=False, wandb_tags=("a", "b"), lr=5e-4, output_dir="runs/x",
-                         seed=3)
+                         seed=3, scheduler_params={"final_div_factor": 1e3, "pct_start": 0.25})
     saved = config.to_dict()
     flags = config_flags(saved, leave_out=("output_dir",))
-    assert flags == ["--epochs", "10", "--lr", "0.0005", "--no-nesterov", "--seed", "3", "--cpu",
-                     "--wandb-tags", "a,b"]
+    assert flags == ["--epochs", "10", "--lr", "0.0005", "--no-nesterov", "--scheduler-params",
+                     "{final_div_factor: 1000.0, pct_start: 0.25}", "--seed", "3", "--cpu", "--wandb-tags", "a,b"]
     assert parse_config(flags) == dataclasses.replace(config, output_dir=None)
     # Settings an older config.yaml lacks are left out rather than invented.
     del saved["epochs"]

@@ -11,6 +11,7 @@ import pytest
 from cifar.augment import AUGMENT_PRESETS
 from cifar.config import load_yaml, parse_config
 from cifar.nets import list_nets
+from cifar.schedulers import schedule_lr
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
@@ -19,7 +20,7 @@ SEED_NETS = [f"seed00{i}" for i in range(5)]
 # What a recipe must set itself rather than inherit from the trainer's defaults (which are tuned for c4net:
 # batch 512, Nesterov, lr 0.2), so that each value is one the recipe states and comments.
 RECIPE_KEYS = ("model", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay",
-               "scheduler", "label_smoothing", "augment")
+               "scheduler", "scheduler_params", "label_smoothing", "augment")
 
 # A YAML comment starts with '#' at the line's start or after whitespace.
 _COMMENT = re.compile(r"(^|\s)#")
@@ -56,3 +57,24 @@ def test_every_setting_of_a_recipe_is_commented(path: Path):
 def test_uncommented_lines_finds_a_setting_without_its_comment():
     text = "# about the run\nepochs: 30  # l.89\n\nlr: 0.02\nmodel: seed002 # l.96\naugment: 'a#b'\n"
     assert uncommented_lines(text) == ["lr: 0.02", "augment: 'a#b'"]
+
+
+# End-of-epoch learning rates as the write-ups log them, rounded to 6 decimals: after epoch k the scheduler has
+# stepped k * steps_per_epoch times. seed002 (l.165-194: 391 batches of 128), seed003 (l.286-300: 781 batches
+# of 64, the last partial batch dropped).
+LOGGED_LRS = {
+    "seed002": (391, {1: 0.001379, 2: 0.003047, 8: 0.019424, 9: 0.020000, 10: 0.019888, 20: 0.009249,
+                      28: 0.000444, 29: 0.000112, 30: 0.000001}),
+    "seed003": (781, {1: 0.007525, 2: 0.005050, 3: 0.002575, 4: 0.010000, 5: 0.002575, 6: 0.005050,
+                      7: 0.007525, 8: 0.000100}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOGGED_LRS))
+def test_recipe_schedule_reproduces_the_logged_learning_rates(name: str):
+    cfg = parse_config(["--config", str(RECIPES_DIR / f"{name}.yaml")])
+    steps_per_epoch, logged = LOGGED_LRS[name]
+    total = cfg.epochs * steps_per_epoch
+    ours = {epoch: round(schedule_lr(cfg.scheduler, epoch * steps_per_epoch, total, cfg.lr, **cfg.scheduler_params), 6)
+            for epoch in logged}
+    assert ours == logged

@@ -10,8 +10,8 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from cifar.optim import build_optimizer
-from cifar.schedulers import (SCHEDULERS, build_schedule, cosine_lr, cyclic_lr, cyclic_momentum, onecycle_lr,
-                              onecycle_momentum, schedule_defaults, step_lr)
+from cifar.schedulers import (SCHEDULERS, build_schedule, check_schedule, cosine_lr, cyclic_lr, cyclic_momentum,
+                              onecycle_lr, onecycle_momentum, schedule_defaults, step_lr)
 
 FUNCTIONS = {"onecycle": onecycle_lr, "step": step_lr, "cyclic": cyclic_lr, "cosine": cosine_lr}
 
@@ -262,8 +262,11 @@ def test_schedule_defaults_list_every_parameter():
     (lambda: build_schedule("onecycle", optimizer(), 10, pct_start=1.0), "pct_start must be in (0, 1); got 1.0"),
     (lambda: build_schedule("onecycle", optimizer(), 10, anneal="exp"), "anneal must be one of cos, linear; got 'exp'"),
     (lambda: build_schedule("onecycle", optimizer(), 10, max_lr=0.1),
-     "unknown parameter(s) max_lr for scheduler 'onecycle'; valid: anneal, base_momentum, div_factor, "
-     "final_div_factor, max_momentum, pct_start"),
+     "unknown parameter(s) max_lr for scheduler 'onecycle'; valid: anneal (default 'cos'), base_momentum (default "
+     "0.85), div_factor (default 25.0), final_div_factor (default 10000.0), max_momentum (default 0.95), pct_start "
+     "(default 0.3)"),
+    (lambda: build_schedule("step", optimizer(), 10, milestones=0.5),
+     "a parameter of scheduler 'step' has the wrong type ('float' object is not iterable); got {'milestones': 0.5}"),
     (lambda: build_schedule("step", optimizer(), 10, milestones=(15, 25)),
      "milestones must be increasing fractions of the run in (0, 1); got (15, 25)"),
     (lambda: build_schedule("cyclic", optimizer(), 10, base_momentum=0.95),
@@ -294,3 +297,21 @@ def test_momentum_free_optimizer_works_without_momentum_cycling():
     opt = torch.optim.Adagrad(nn.Linear(2, 2).parameters(), lr=0.1)
     schedule = build_schedule("onecycle", opt, 10, cycle_momentum=False)
     assert schedule.get_last_lr() == [pytest.approx(0.004, rel=1e-12)]
+
+
+@pytest.mark.parametrize("name, params", [("onecycle", {"final_div_factor": 1e3, "pct_start": 0.25}),
+                                          ("step", {"milestones": [0.8], "gamma": 0.5}),
+                                          ("cyclic", {"half_cycle_pct": 0.01, "base_momentum": 0.7})])
+def test_check_schedule_accepts_what_build_schedule_accepts(name, params):
+    check_schedule(name, params)
+    build_schedule(name, optimizer(), 100, **params)
+
+
+@pytest.mark.parametrize("name, params", [("step", {"final_div_factor": 1e3}), ("onecycle", {"pct_start": 2.0}),
+                                          ("cyclic", {"base_momentum": 0.95}), ("nope", {})])
+def test_check_schedule_rejects_what_build_schedule_rejects(name, params):
+    with pytest.raises(ValueError) as checked:
+        check_schedule(name, params)
+    with pytest.raises(ValueError) as built:
+        build_schedule(name, optimizer(), 100, **params)
+    assert str(checked.value) == str(built.value)

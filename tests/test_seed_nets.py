@@ -148,3 +148,16 @@ def test_constraints_the_write_ups_claim(name: str) -> None:
 def test_description_is_one_short_line(name: str) -> None:
     description = net_description(name)
     assert description.startswith(f"Seed {name[-3:]}:") and len(description) <= 100
+
+
+def test_seed000_rf45_is_seed000_with_a_second_c4_conv_and_meets_every_constraint() -> None:
+    literal, variant = build_net("seed000"), build_net("seed000_rf45")
+    assert receptive_field(trunk_convs(variant)) == 45
+    report = analyze_net(variant, name="seed000_rf45")
+    assert report.params == 81_082 and all(report.constraints.values()), report.constraints
+    # The literal reading's layers keep their names and shapes: only C4's second conv is new.
+    extra = {k: v.shape for k, v in variant.state_dict().items()}
+    for key, value in literal.state_dict().items():
+        assert extra.pop(key) == value.shape, key
+    assert {key.split(".")[1] for key in extra} == {"4"}
+    assert [m.dilation[0] for m in trunk_convs(variant)][-2:] == [8, 8]

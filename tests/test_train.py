@@ -150,6 +150,16 @@ def test_a_run_writes_what_it_promises(straight: Path) -> None:
     assert straight / "checkpoints" / ckpt.checkpoint_name(14) in kept
 
 
+def test_scheduler_params_shape_the_learning_rate_the_run_uses(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    # 14 optimizer steps; the default milestones (0.5, 0.75) would lower the LR by epoch 1's end (step 7).
+    result = train(*BASE, "--data-dir", tiny, "--epochs", "2", "--output-dir", out, "--scheduler", "step",
+                   "--scheduler-params", "{milestones: [0.75], gamma: 0.5}")
+    assert result.returncode == 0, result.stderr
+    assert [row["lr"] for row in rows(out)] == [0.05, 0.025]
+    assert "scheduler_params:\n  milestones:\n  - 0.75\n  gamma: 0.5\n" in (out / "config.yaml").read_text()
+
+
 def test_sigkill_anywhere_then_resume_auto_is_bit_identical(tiny: Path, straight: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     cmd = command(*BASE, "--data-dir", tiny, "--epochs", "3", "--output-dir", out, "--resume", "auto")
