@@ -45,9 +45,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cifar.allocator import keep_freed_memory
-from cifar.augment import AugmentedDataset, TrainBatches, build_train_transform, train_loader
+from cifar.augment import AUGMENT_PRESETS, AugmentedDataset, TrainBatches, build_train_transform, train_loader
 from cifar.batch_augment import BatchAugment, DeviceBatches, resolve_augment_backend
-from cifar.config import AUGMENT_BACKENDS
+from cifar.config import AUGMENT_BACKENDS, TrainConfig
 from cifar.data import CifarArrays, CifarDataError, load_cifar
 from cifar.hardware import device_name, peak_memory_mb
 from cifar.nets import DEFAULT_NET, build_net, list_nets
@@ -70,7 +70,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="trainer processes (accelerate launch; on a CPU each gets cores/processes threads)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the net (model and trainer)")
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format (model and trainer)")
-    parser.add_argument("--augment", default="default", help="augmentation preset (all measurements)")
+    parser.add_argument("--augment", default=TrainConfig.augment, choices=tuple(AUGMENT_PRESETS),
+                        help="augmentation preset (all measurements; the baseline trainer keeps its own default)")
     parser.add_argument("--augment-backend", default="auto", choices=AUGMENT_BACKENDS,
                         help="our data pipeline and trainer: albumentations in DataLoader workers, or torch batches "
                              "on the device (auto: torch on a GPU, as train.py decides)")

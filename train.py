@@ -51,7 +51,7 @@ from cifar.batch_augment import BatchAugment, DeviceBatches, resolve_augment_bac
 from cifar.config import ConfigError, TrainConfig, parse_config, save_yaml, trajectory_differences
 from cifar.data import CifarArrays, CifarDataError, load_cifar, stratified_split, stratified_subset
 from cifar.files import write_atomic
-from cifar.hardware import device_name, peak_memory_mb
+from cifar.hardware import device_name, loader_workers, peak_memory_mb, usable_cpus
 from cifar.metrics import confusion_matrix, per_class_table
 from cifar.nets import build_net
 from cifar.nets.analysis import NetReport, analyze_net
@@ -145,9 +145,14 @@ def main(argv: list[str], stop: StopRequest) -> int:
         loader = DeviceBatches(train_set.images, train_set.labels, batches,
                                BatchAugment(cfg.augment, data.mean, data.std, cfg.seed, len(train_set)),
                                accelerator.device)
+        feed = "torch batch augmentation on the device"
     else:
-        loader = train_loader(train_set, batches, cfg.num_workers, pin_memory=accelerator.device.type == "cuda",
+        # LOCAL_WORLD_SIZE: the processes on this node, as torchrun and accelerate launch set it.
+        workers = (cfg.num_workers if cfg.num_workers is not None else
+                   loader_workers(accelerator.device.type, usable_cpus(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        loader = train_loader(train_set, batches, workers, pin_memory=accelerator.device.type == "cuda",
                               worker_init_fn=ignore_stop_signals)
+        feed = f"albumentations in {workers} DataLoader worker(s) per process"
     test_loader = eval_loader(data.test_images, data.test_labels, data, cfg)
     val_loader = (eval_loader(data.train_images[val_idx], data.train_labels[val_idx], data, cfg)
                   if len(val_idx) else None)
@@ -198,7 +203,7 @@ def main(argv: list[str], stop: StopRequest) -> int:
             f"{report.macs / 1e6:.1f} MMACs/image, "
             f"constraints {'FAILED: ' + ', '.join(failed) if failed else 'all met'}")
         say(f"{hardware(accelerator)}; {len(train_set):,} training images, {len(val_idx):,} validation, "
-            f"{len(data.test_labels):,} test; {batches.steps} steps/epoch, {total_steps} steps")
+            f"{len(data.test_labels):,} test; {batches.steps} steps/epoch, {total_steps} steps; {feed}")
         if progress.global_step == 0:
             plot_augmented_samples(train_set, loader, data, cfg, out / "plots" / "augmented_samples.png")
     if cfg.wandb:

@@ -52,9 +52,9 @@ class TrainConfig:
     download: bool = _setting(True, "download CIFAR-10 (checksummed) into --data-dir when no dataset is found "
                                     "there; --no-download forbids network access")
     epochs: int = _setting(35, "passes over the training images")
-    batch_size: int = _setting(512, "global batch: images per optimizer step over all processes")
+    batch_size: int = _setting(128, "global batch: images per optimizer step over all processes")
     grad_accum: int = _setting(1, "micro-batches per optimizer step (the global batch is split into them)")
-    lr: float = _setting(0.2, "peak learning rate of the schedule")
+    lr: float = _setting(0.1, "peak learning rate of the schedule")
     optimizer: str = _setting("sgd", "optimizer", OPTIMIZERS)
     momentum: float = _setting(0.9, "SGD momentum (the schedule may cycle it)")
     nesterov: bool = _setting(True, "Nesterov momentum for SGD")
@@ -65,7 +65,7 @@ class TrainConfig:
                                                 "fractions of the run (cifar/schedulers.py lists them)")
     weight_decay: float = _setting(5e-4, "weight decay of conv and linear weights (never of norms or biases)")
     label_smoothing: float = _setting(0.0, "label smoothing of the cross-entropy loss")
-    augment: str = _setting("default", "training augmentation preset", tuple(AUGMENT_PRESETS))
+    augment: str = _setting("light", "training augmentation preset", tuple(AUGMENT_PRESETS))
     augment_backend: str = _setting("auto", "what runs the augmentation: albumentations (per image in DataLoader "
                                     "workers, the reference) or torch (whole batches on the training device); "
                                     "auto: torch on a GPU, albumentations on a CPU", AUGMENT_BACKENDS)
@@ -74,7 +74,9 @@ class TrainConfig:
     cpu: bool = _setting(False, "train on the CPU even when a GPU is there (with several processes: gloo)")
     subset: int | None = _setting(None, "train on a stratified subset of N training images")
     val_size: int = _setting(0, "hold out a stratified validation split of N training images (selects best)")
-    num_workers: int = _setting(2, "DataLoader worker processes per training process")
+    num_workers: int | None = _setting(None, "DataLoader worker processes per training process (default: 1 on a "
+                                             "CPU; on a GPU the process's share of the usable CPUs less one, "
+                                             "at most 8)")
     checkpoint_every: int = _setting(200, "also checkpoint every N optimizer steps (0: only at epoch ends)")
     keep_last: int = _setting(2, "keep the newest K checkpoints (plus the best one)")
     resume: str | None = _setting(None, "'auto' (newest complete checkpoint in --output-dir) or a checkpoint path")
@@ -102,8 +104,9 @@ class TrainConfig:
                                   f"{', '.join(choices)}")
         for name in ("epochs", "batch_size", "grad_accum", "log_every"):
             _require(self, getattr(self, name) >= 1, name, "a positive integer")
-        for name in ("num_workers", "checkpoint_every", "val_size", "keep_last"):
+        for name in ("checkpoint_every", "val_size", "keep_last"):
             _require(self, getattr(self, name) >= 0, name, "an integer >= 0")
+        _require(self, self.num_workers is None or self.num_workers >= 0, "num_workers", "an integer >= 0")
         _require(self, self.keep_last >= 1, "keep_last", "at least 1 (the newest checkpoint is what a resume needs)")
         _require(self, self.subset is None or self.subset >= 1, "subset", "a positive number of images")
         _require(self, math.isfinite(self.lr) and self.lr > 0, "lr", "a positive finite number")

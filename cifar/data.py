@@ -41,6 +41,8 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image
 
+from cifar.hardware import usable_cpus
+
 Layout = Literal["cifar-10-batches-py", "image-folder"]
 
 BATCHES_DIR = "cifar-10-batches-py"
@@ -504,17 +506,12 @@ def _decode_split(files: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]
     paths = [path for path, _ in files]
     labels = np.array([label for _, label in files], np.int64)
     chunks = [paths[start : start + _DECODE_CHUNK] for start in range(0, len(paths), _DECODE_CHUNK)]
-    workers = min(len(chunks), _usable_cpus())
+    workers = min(len(chunks), usable_cpus())
     if workers <= 1:
         return _decode_files(paths), labels
     # Processes, not threads: for 32x32 files the time goes to Python-level PIL calls that hold the GIL.
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
         return np.concatenate(list(pool.map(_decode_files, chunks))), labels
-
-
-def _usable_cpus() -> int:
-    # The affinity mask honours SLURM's and taskset's CPU binding; cpu_count would count the whole node.
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _decode_files(paths: Sequence[str]) -> np.ndarray:

@@ -1,15 +1,40 @@
-"""What a run ran on and how much memory it took, said the same way by train.py and bench.py."""
+"""What a run ran on and how much memory it took, said the same way by train.py and bench.py, and what the
+machine offers the data pipeline."""
 
 from __future__ import annotations
 
 import os
 import resource
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # cifar.data reads usable_cpus() and loads without torch
+    import torch
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: the affinity mask honours SLURM's and taskset's CPU binding, where
+    ``os.cpu_count()`` would count the whole node."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def loader_workers(device_type: str, cpus: int, local_processes: int) -> int:
+    """DataLoader workers per training process when the user sets none.
+
+    On a CPU, 1: the training process's own threads use the cores, and one worker is enough to decode and
+    augment the next batch during the step (this project's 2-core machine: 2 processes × 1 thread with 1
+    worker each was the fastest setting, README "CPU speed"). On a GPU the CPUs do nothing but feed it: each
+    of the node's ``local_processes`` gets its share of the ``cpus`` less one for itself, at least 1 and at
+    most 8 (beyond that a process's batches come faster than a small net takes them; not measured on a GPU).
+    """
+    if device_type != "cuda":
+        return 1
+    return max(1, min(8, cpus // max(1, local_processes) - 1))
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.get_device_name(device)
     return f"CPU ({os.cpu_count()} cores)"
 
@@ -18,5 +43,7 @@ def peak_memory_mb(device: torch.device) -> float:
     """On a GPU the most memory this process had allocated on it (since the last
     ``torch.cuda.reset_peak_memory_stats``); on the CPU the process's peak resident memory since it started."""
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -55,7 +55,7 @@ def step_names(augment: str | AugmentSettings) -> list[str]:
 
 
 def test_presets_are_named_like_the_nets() -> None:
-    assert set(AUGMENT_PRESETS) == {"default", "light", "none", *SEED_PRESETS}
+    assert set(AUGMENT_PRESETS) == {"standard", "light", "none", *SEED_PRESETS}
 
 
 def test_presets_build_the_seeds_pipelines_without_warnings() -> None:
@@ -65,7 +65,7 @@ def test_presets_build_the_seeds_pipelines_without_warnings() -> None:
             build_train_transform(name, MEAN, STD)
         build_test_transform(MEAN, STD)
     three = ["HorizontalFlip", "Affine", "CoarseDropout", "Normalize"]
-    for name in ("default", "seed000", "seed001", "seed002", "seed004"):
+    for name in ("standard", "seed000", "seed001", "seed002", "seed004"):
         assert step_names(name) == three, name
     assert step_names("none") == ["Normalize"]
     assert step_names("seed003") == [
@@ -81,7 +81,7 @@ def test_presets_build_the_seeds_pipelines_without_warnings() -> None:
 
 
 def test_unknown_preset_lists_the_choices() -> None:
-    with pytest.raises(ValueError, match="unknown augment preset 'seed009': choose one of default, light, none, seed000"):
+    with pytest.raises(ValueError, match="unknown augment preset 'seed009': choose one of standard, light, none, seed000"):
         augment_settings("seed009")
 
 
@@ -118,7 +118,7 @@ def test_items_are_normalized_float32_chw(images: np.ndarray, labels: np.ndarray
 
 
 def test_an_index_instead_of_a_key_is_refused_with_the_fix(images: np.ndarray, labels: np.ndarray) -> None:
-    dataset = AugmentedDataset(images, labels, build_train_transform("default", MEAN, STD), seed=0)
+    dataset = AugmentedDataset(images, labels, build_train_transform("standard", MEAN, STD), seed=0)
     with pytest.raises(TypeError, match=r"keyed by \(epoch, index\), got 3: .*TrainBatches"):
         dataset[3]
 
@@ -162,7 +162,7 @@ def test_a_sample_is_the_same_whatever_the_workers_and_batch_size(images: np.nda
 
 
 def test_same_key_repeats_other_epoch_and_seed_differ(images: np.ndarray, labels: np.ndarray) -> None:
-    transform = build_train_transform("default", MEAN, STD)
+    transform = build_train_transform("standard", MEAN, STD)
     dataset = AugmentedDataset(images, labels, transform, seed=3)
     other_seed = AugmentedDataset(images, labels, transform, seed=4)
     for index in range(len(images)):
@@ -228,7 +228,7 @@ def test_train_batches_resume_at_a_step() -> None:
 # ---------------------------------------------------------------- what the steps do
 
 
-@pytest.mark.parametrize("preset", ["default", *SEED_PRESETS])
+@pytest.mark.parametrize("preset", ["standard", *SEED_PRESETS])
 def test_cutout_is_one_16x16_hole_in_the_mean_colour(preset: str) -> None:
     constant = np.full((40, 32, 32, 3), (200, 30, 90), np.uint8)
     settings = dataclasses.replace(AUGMENT_PRESETS[preset], pad=0, hflip_p=0.0, affine_p=0.0, color_p=0.0, cutout_p=1.0)

@@ -109,11 +109,11 @@ def assert_rate(hits: np.ndarray, p: float, what: str) -> None:
 
 
 def test_unknown_preset_lists_the_choices() -> None:
-    choices = "choose one of default, light, none, seed000, seed001, seed002, seed003, seed004"
+    choices = "choose one of standard, light, none, seed000, seed001, seed002, seed003, seed004"
     with pytest.raises(ValueError, match=f"unknown augment preset 'seed009': {choices}"):
         BatchAugment("seed009", MEAN, STD, seed=0, n=10)
     with pytest.raises(ValueError, match=r"mean and std must be 3 per-channel values in \[0, 1\] units"):
-        BatchAugment("default", (125.3, 123.0, 113.9), STD, seed=0, n=10)
+        BatchAugment("standard", (125.3, 123.0, 113.9), STD, seed=0, n=10)
 
 
 def test_none_is_the_test_transform(images: np.ndarray) -> None:
@@ -125,7 +125,7 @@ def test_none_is_the_test_transform(images: np.ndarray) -> None:
 
 
 def test_bad_batches_are_refused(images: np.ndarray) -> None:
-    augment = BatchAugment("default", MEAN, STD, seed=0, n=len(images))
+    augment = BatchAugment("standard", MEAN, STD, seed=0, n=len(images))
     with pytest.raises(ValueError, match=r"expected uint8 images of shape \(B, 32, 32, 3\), got torch.float32"):
         augment(torch.from_numpy(images).float(), 0, torch.arange(len(images)))
     with pytest.raises(ValueError, match=r"expected int64 indices of shape \(64,\), got torch.int64 \(63,\)"):
@@ -152,7 +152,7 @@ def test_sample_params_are_a_pure_function_of_seed_epoch_index() -> None:
     assert_rate((params.flip * params.affine).numpy(), 0.25, "flip and affine")
 
 
-@pytest.mark.parametrize("preset", ["default", "seed002", "seed003"])
+@pytest.mark.parametrize("preset", ["standard", "seed002", "seed003"])
 def test_a_sample_is_the_same_in_any_batch(images: np.ndarray, preset: str) -> None:
     augment = BatchAugment(dataclasses.replace(AUGMENT_PRESETS[preset], color_p=0.5), MEAN, STD, seed=7,
                            n=len(images))
@@ -313,7 +313,7 @@ def estimate_affine(out: np.ndarray) -> dict[str, np.ndarray]:
             "shift_x": solved[:, 2, 0], "shift_y": solved[:, 2, 1]}
 
 
-@pytest.mark.parametrize("preset", ["default", "seed002"])
+@pytest.mark.parametrize("preset", ["standard", "seed002"])
 def test_affine_draws_match_albumentations(preset: str) -> None:
     settings = dataclasses.replace(AUGMENT_PRESETS[preset], hflip_p=0.0, cutout_p=0.0)
     ours, theirs = both_pipelines(settings, blob_image())
@@ -426,7 +426,7 @@ def test_device_batches_follow_the_dataloader(images: np.ndarray, epoch: int, st
         expected = loader_batches(images, labels, sampler(), "none")
         plain = DeviceBatches(images, labels, sampler(), BatchAugment("none", MEAN, STD, seed=5, n=n), "cpu")
         augmented_batches = sampler()
-        augment = BatchAugment("default", MEAN, STD, seed=5, n=n)
+        augment = BatchAugment("standard", MEAN, STD, seed=5, n=n)
         augmented = DeviceBatches(images, labels, augmented_batches, augment, "cpu")
         assert len(plain) == len(augmented) == len(expected) == (3 - start_step) * 2
         got, got_augmented = list(plain), list(augmented)
@@ -442,4 +442,4 @@ def test_device_batches_follow_the_dataloader(images: np.ndarray, epoch: int, st
 def test_device_batches_refuse_a_sampler_of_another_size(images: np.ndarray) -> None:
     labels = np.zeros(len(images), np.int64)
     with pytest.raises(ValueError, match="64 training images, but the sampler covers 50 and the augmentation 64"):
-        DeviceBatches(images, labels, TrainBatches(50, 0, 8), BatchAugment("default", MEAN, STD, 0, 64), "cpu")
+        DeviceBatches(images, labels, TrainBatches(50, 0, 8), BatchAugment("standard", MEAN, STD, 0, 64), "cpu")

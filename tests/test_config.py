@@ -292,3 +292,9 @@ def test_config_flags_rebuild_a_saved_config_from_its_non_default_values() -> No
     # Settings an older config.yaml lacks are left out rather than invented.
     del saved["epochs"]
     assert "--epochs" not in config_flags(saved)
+
+
+def test_num_workers_defaults_to_the_machine_rule_and_takes_any_count_from_zero() -> None:
+    assert TrainConfig().num_workers is None
+    assert parse_config(["--num-workers", "0"]).num_workers == 0
+    assert "--num-workers -1 is not valid" in error_of(["--num-workers", "-1"])

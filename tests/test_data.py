@@ -202,7 +202,7 @@ def test_parallel_decode_matches_serial(tmp_path: Path, monkeypatch: pytest.Monk
     for path in cache_files(tmp_path):
         path.unlink()
     monkeypatch.setattr(data, "_DECODE_CHUNK", 4)  # several chunks, hence worker processes
-    monkeypatch.setattr(data, "_usable_cpus", lambda: 2)
+    monkeypatch.setattr(data, "usable_cpus", lambda: 2)
     parallel = load_cifar(tmp_path)
     assert not parallel.cache_hit
     np.testing.assert_array_equal(parallel.train_images, serial.train_images)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifar.nets import DEFAULT_NET, build_net, list_nets, register_net
+from cifar.nets import DEFAULT_NET, TINY_NET, build_net, list_nets, register_net
 from cifar.nets.analysis import CONSTRAINTS, UnsupportedOpError, analyze_net
 from cifar.nets.layers import CifarNet, ClassifierHead, DepthwiseSeparableConv
 
@@ -25,7 +25,7 @@ SEED_NETS = [f"seed00{i}" for i in range(5)]
 def test_registry_lists_seeds_default_and_tiny() -> None:
     names = list_nets()
     assert set(SEED_NETS) <= set(names)
-    assert DEFAULT_NET in names and f"{DEFAULT_NET}_tiny" in names
+    assert DEFAULT_NET in names and TINY_NET in names
     assert names == sorted(names)
 
 
@@ -56,7 +56,7 @@ def test_forward_backward_and_num_classes(name: str) -> None:
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("name", [DEFAULT_NET, f"{DEFAULT_NET}_tiny"])
+@pytest.mark.parametrize("name", [DEFAULT_NET, TINY_NET])
 def test_default_family_meets_every_constraint(name: str) -> None:
     report = analyze_net(build_net(name), name=name)
     assert report.constraints == {c: True for c in CONSTRAINTS}

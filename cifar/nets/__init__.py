@@ -5,6 +5,6 @@ from cifar.nets.registry import build_net, list_nets, net_description, register_
 # Importing the modules registers their nets.
 from cifar.nets import default as _default  # noqa: E402,F401
 from cifar.nets import seeds as _seeds  # noqa: E402,F401
-from cifar.nets.default import DEFAULT_NET  # noqa: E402
+from cifar.nets.default import DEFAULT_NET, TINY_NET  # noqa: E402
 
-__all__ = ["DEFAULT_NET", "build_net", "list_nets", "net_description", "register_net"]
+__all__ = ["DEFAULT_NET", "TINY_NET", "build_net", "list_nets", "net_description", "register_net"]

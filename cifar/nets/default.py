@@ -1,5 +1,9 @@
 """The project's own net family, ``c4net``: C1C2C3C4 stages of residual blocks, GAP, linear classifier.
 
+The default net is ``c4net_deep16``, chosen by the recipe search in ``results/README.md`` (83.6% against
+c4net's 81.9% validation accuracy at 10 epochs, with the same recipe and MACs). ``c4net``, the first layout,
+stays registered: older results name it and the CPU speed benchmark compares trainers on it.
+
 No max-pooling: stages downsample with strided transitions. Depthwise-separable convs keep the wide
 stages cheap; dilation in C3 and C4 grows the receptive field without more downsampling of a 32×32 image.
 Width, depth, stride, dilation and conv kind are per-stage fields of :class:`StageSpec`, so the accuracy
@@ -17,7 +21,9 @@ from cifar.nets import dilated
 from cifar.nets.layers import CifarNet, ClassifierHead, DepthwiseSeparableConv, same_padding
 from cifar.nets.registry import register_net
 
-DEFAULT_NET = "c4net"
+DEFAULT_NET = "c4net_deep16"
+# The family's net for CPU tests: the same blocks at 1/8 of c4net's width, so a run takes seconds.
+TINY_NET = "c4net_tiny"
 
 
 @dataclass(frozen=True)
@@ -90,15 +96,15 @@ C4NET_STAGES = (
 )
 
 
-@register_net(DEFAULT_NET)
+@register_net("c4net")
 def c4net(num_classes: int = 10) -> CifarNet:
-    """Default: residual C1C2C3C4, separable C2-C4, dilation 2/4 in C3/C4, GAP + linear."""
+    """First layout: residual C1C2C3C4, separable C2-C4, dilation 2/4 in C3/C4, GAP + linear."""
     return c4net_from_stages(C4NET_STAGES, num_classes)
 
 
-# Recipe-search candidate (results/README.md): the MACs of c4net with a third more parameters, moved into a
-# deeper 16×16 stage (5 separable convs instead of 3); C1 narrower (its dense 32×32 convs are c4net's costliest
-# layers); C4 at dilation 2, since dilation 4 on an 8×8 map mostly reads padding.
+# The MACs of c4net with a quarter more parameters, moved into a deeper 16×16 stage (5 separable convs instead
+# of 3); C1 narrower (its dense 32×32 convs are c4net's costliest layers); C4 at dilation 2, since dilation 4 on
+# an 8×8 map mostly reads padding.
 C4NET_DEEP16_STAGES = (
     StageSpec(width=24, depth=1, stride=1, dilation=1, separable=False),
     StageSpec(width=96, depth=2, stride=2, dilation=1),
@@ -107,13 +113,13 @@ C4NET_DEEP16_STAGES = (
 )
 
 
-@register_net("c4net_deep16")
+@register_net(DEFAULT_NET)
 def c4net_deep16(num_classes: int = 10) -> CifarNet:
-    """Candidate: c4net's MACs, 196k params, a deeper 16×16 stage, narrower C1, dilation 2 in C3 and C4."""
+    """Default: c4net's MACs, 196k params, a deeper 16×16 stage, narrower C1, dilation 2 in C3 and C4."""
     return c4net_from_stages(C4NET_DEEP16_STAGES, num_classes)
 
 
-@register_net("c4net_tiny")
+@register_net(TINY_NET)
 def c4net_tiny(num_classes: int = 10) -> CifarNet:
     """c4net's layout at 1/8 of the width, for fast CPU tests."""
     stages = tuple(StageSpec(max(4, s.width // 8), s.depth, s.stride, s.dilation, s.separable) for s in C4NET_STAGES)
