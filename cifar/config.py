@@ -142,8 +142,8 @@ class TrainConfig:
 # Settings that decide the trajectory of the weights: a resumed run must share them with its checkpoint,
 # or it would not continue the same run. The others (paths, workers, logging) may change between restarts.
 TRAJECTORY_FIELDS = ("model", "epochs", "batch_size", "grad_accum", "lr", "optimizer", "momentum", "nesterov",
-                     "scheduler", "scheduler_params", "weight_decay", "label_smoothing", "augment", "augment_backend", "seed", "subset",
-                     "val_size", "sync_bn", "ema", "ema_decay", "channels_last")
+                     "scheduler", "scheduler_params", "weight_decay", "label_smoothing", "augment", "augment_backend",
+                     "seed", "subset", "val_size", "sync_bn", "ema", "ema_decay", "channels_last")
 # What runs saved before a trajectory setting existed did instead.
 _BEFORE_THE_SETTING: dict[str, Any] = {"augment_backend": "albumentations", "scheduler_params": {}}
 

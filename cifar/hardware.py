@@ -22,7 +22,7 @@ def loader_workers(device_type: str, cpus: int, local_processes: int) -> int:
 
     On a CPU, 1: the training process's own threads use the cores, and one worker is enough to decode and
     augment the next batch during the step (this project's 2-core machine: 2 processes × 1 thread with 1
-    worker each was the fastest setting, README "CPU speed"). On a GPU the CPUs do nothing but feed it: each
+    worker each was the fastest setting, README "Speed"). On a GPU the CPUs do nothing but feed it: each
     of the node's ``local_processes`` gets its share of the ``cpus`` less one for itself, at least 1 and at
     most 8 (beyond that a process's batches come faster than a small net takes them; not measured on a GPU).
     """
