@@ -16,7 +16,7 @@ train.py command, rebuilt from config.yaml (where the data and the outputs live 
 
 README tables live between marker comments that also name their runs, as globs relative to the README's folder::
 
-    <!-- table:default-net results/c4net-* -->
+    <!-- table:default-net results/c4net_deep16-35ep-* -->
     ...generated...
     <!-- /table:default-net -->
 

@@ -1,8 +1,9 @@
 """Training augmentations (albumentations), their presets, and Datasets that apply them reproducibly.
 
 A training pipeline is described by ``AugmentSettings``; ``AUGMENT_PRESETS`` names the seeds' pipelines
-(``seed000`` .. ``seed004``), ours (``light``, the default, and ``standard``) and ``none``. ``build_train_transform`` and
-``build_test_transform`` turn settings and the training set's mean/std into albumentations pipelines.
+(``seed000`` .. ``seed004``), ours (``light``, the default, and ``standard``) and ``none``.
+``build_train_transform`` and ``build_test_transform`` turn settings and the training set's mean/std into
+albumentations pipelines.
 
 Reproducibility: the random choices for a training sample are a pure function of ``(seed, epoch, index)``.
 ``AugmentedDataset`` is indexed by ``(epoch, index)`` keys instead of an index, so the epoch travels with each

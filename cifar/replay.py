@@ -136,7 +136,7 @@ def _free_port() -> int:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m cifar.replay", description=__doc__.split("\n\n")[0],
                                      allow_abbrev=False)
-    parser.add_argument("result", type=Path, help="a shipped result, e.g. results/c4net-35ep-seed0")
+    parser.add_argument("result", type=Path, help="a shipped result, e.g. results/c4net_deep16-35ep-seed0")
     parser.add_argument("--data-dir", type=Path, help="the dataset, if not where the run read it (config.yaml)")
     parser.add_argument("--keep", type=Path, help="train into this folder and keep it (default: a temporary "
                                                   "folder, removed afterwards)")

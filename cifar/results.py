@@ -181,7 +181,7 @@ def main(argv: list[str]) -> int:
     ship = commands.add_parser("ship", help="copy a finished run into results/ (without its checkpoints/, with "
                                             "the checkpoint of its last epoch's start)")
     ship.add_argument("run", type=Path, help="the run's folder (train.py's --output-dir)")
-    ship.add_argument("destination", type=Path, help="the new result folder, e.g. results/c4net-35ep-seed0")
+    ship.add_argument("destination", type=Path, help="the new result folder, e.g. results/c4net_deep16-35ep-seed0")
     ship.add_argument("--without-replay", action="store_true",
                       help="ship a run that kept no checkpoint of its last epoch's start (cannot be replayed)")
     listing = commands.add_parser("list", help="the shipped results in results/")

@@ -81,7 +81,8 @@ def test_presets_build_the_seeds_pipelines_without_warnings() -> None:
 
 
 def test_unknown_preset_lists_the_choices() -> None:
-    with pytest.raises(ValueError, match="unknown augment preset 'seed009': choose one of standard, light, none, seed000"):
+    with pytest.raises(ValueError, match="unknown augment preset 'seed009': choose one of standard, light, none, "
+                                         "seed000"):
         augment_settings("seed009")
 
 

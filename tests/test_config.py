@@ -133,8 +133,8 @@ def test_yaml_reads_exponent_floats_written_without_a_dot(tmp_path):
 
 
 def test_scheduler_params_from_a_yaml_mapping_or_a_flag_are_the_same(tmp_path):
-    from_yaml = parse_config(["--config", str(write(tmp_path, "scheduler: step\n"
-                                                               "scheduler_params: {milestones: [0.5], gamma: 1e-1}\n"))])
+    text = "scheduler: step\nscheduler_params: {milestones: [0.5], gamma: 1e-1}\n"
+    from_yaml = parse_config(["--config", str(write(tmp_path, text))])
     from_flag = parse_config(["--scheduler", "step", "--scheduler-params", "{milestones: [0.5], gamma: 0.1}"])
     assert from_yaml.scheduler_params == from_flag.scheduler_params == {"milestones": [0.5], "gamma": 0.1}
     assert TrainConfig().scheduler_params == {} and TrainConfig().scheduler_params is not TrainConfig().scheduler_params
