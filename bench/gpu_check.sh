@@ -94,7 +94,7 @@ fi
 
 # What differs in a dry run: the CPU, a small net, a few images, one epoch. Everything else is the real command.
 if [ "$dry_run" = 1 ]; then
-    net=c4net_tiny  # the default net's layout at 1/8 of the width, the tests' CPU net
+    net=c4net_tiny  # the tests' CPU net: c4net's layout at 1/8 of the width
     epochs=1
     run_args=(--cpu --epochs 1 --subset 64 --batch-size 32 --num-workers 1 --checkpoint-every 0)
     bench_args=(--cpu --batch-size 32 --steps 1 --warmup 1 --train-images 32 --num-workers 1)
@@ -103,8 +103,8 @@ if [ "$dry_run" = 1 ]; then
     seeds=${GPU_CHECK_SEEDS-1}
     seed_nets=${GPU_CHECK_SEED_NETS-seed000}
 else
-    # train.py's defaults throughout (on a GPU the training batches are augmented there, --augment-backend auto;
-    # DataLoader workers only feed evaluation).
+    # train.py's defaults throughout (on a GPU the training batches are augmented there, --augment-backend auto,
+    # and no DataLoader workers run).
     epochs=35
     run_args=()
     bench_args=(--batch-size "$default_batch")
