@@ -20,6 +20,9 @@ README tables live between marker comments that also name their runs, as globs r
     ...generated...
     <!-- /table:default-net -->
 
+A ``layout=claims`` word among the globs sets the runs beside their write-ups' claims instead (the seed nets:
+RF, MMACs, constraints, the claim, final- and best-epoch test accuracy).
+
 ``--update-readme`` regenerates every such table (or the one ``--section`` names) from its runs, so a table is
 never typed by hand; tests/test_results.py fails when README.md differs from what this would write.
 """
@@ -42,6 +45,7 @@ import yaml
 
 from cifar.config import TRAJECTORY_FIELDS, config_flags
 from cifar.files import write_atomic
+from cifar.nets.seeds import WRITE_UP_CLAIMS
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,10 @@ class RunResult:
     processes: int | None = None
     threads: int | None = None
     device: str | None = None
+    receptive_field: int | None = None
+    macs: int | None = None
+    constraints: dict[str, bool] | None = None
+    best_test_acc: float | None = None  # the best epoch's, from metrics.jsonl: what choosing on the test set gives
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -76,10 +84,12 @@ def read_run(directory: Path) -> RunResult:
     try:
         summary = json.loads(summary_path.read_text())
         optional = {name: summary.get(name) for name in ("test_acc_tta", "test_acc_tta_translate", "params",
-                                                          "hardware", "processes", "threads", "device")}
+                                                          "hardware", "processes", "threads", "device",
+                                                          "receptive_field", "macs", "constraints")}
         run = RunResult(path=str(directory), model=summary["model"], seed=summary.get("seed"),
                         epochs=summary["epochs"], test_acc=summary["test_acc"],
-                        best_val_acc=summary.get("best_val_acc"), train_seconds=summary["train_seconds"], **optional)
+                        best_val_acc=summary.get("best_val_acc"), train_seconds=summary["train_seconds"],
+                        best_test_acc=_best_test_acc(directory / "metrics.jsonl"), **optional)
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise RunFolderError(f"{summary_path}: not a train.py summary ({type(error).__name__}: {error})") from error
     config_path = directory / "config.yaml"
@@ -92,6 +102,15 @@ def read_run(directory: Path) -> RunResult:
     if not isinstance(config, dict):
         raise RunFolderError(f"{config_path}: not a train.py config (a mapping of settings)")
     return RunResult(**{**asdict(run), "config": config})
+
+
+def _best_test_acc(metrics: Path) -> float | None:
+    """The highest per-epoch test accuracy in a metrics.jsonl (None without one)."""
+    if not metrics.is_file():
+        return None
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    accuracies = [row["test_acc"] for row in rows if "epoch" in row and row.get("test_acc") is not None]
+    return max(accuracies, default=None)
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -148,8 +167,15 @@ def runs_table(runs: list[RunResult], stats: Stats, unfinished: list[str]) -> st
 
 # Where the data and the outputs live, and how a run restarts: not part of a recipe's command.
 COMMAND_LEAVES_OUT = ("output_dir", "data_dir", "download", "resume", "eval_only", "seed")
-MARKDOWN_COLUMNS = ("model", "params", "epochs", "seeds", "test acc (final epoch)", "flip TTA",
-                    "flip + translate TTA", "hardware", "training time", "command")
+# A README table's columns by its layout: "recipes" compares recipes; "claims" sets nets beside what their
+# write-ups claim (cifar.nets.seeds.WRITE_UP_CLAIMS), with the best epoch's test accuracy to show what choosing
+# on the test set adds.
+LAYOUTS: dict[str, tuple[str, ...]] = {
+    "recipes": ("model", "params", "epochs", "seeds", "test acc (final epoch)", "flip TTA", "flip + translate TTA",
+                "hardware", "training time", "command"),
+    "claims": ("model", "params", "RF", "MMACs", "constraints", "write-up's claim", "epochs", "seeds",
+               "test acc (final epoch)", "test acc (best epoch)", "hardware", "training time", "command"),
+}
 
 
 def recipe_groups(runs: list[RunResult]) -> list[list[RunResult]]:
@@ -197,23 +223,48 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def markdown_table(runs: list[RunResult], link_base: Path) -> str:
-    """The README table of ``runs``: one row per :func:`recipe_groups` group, seeds linked to their folders
-    (paths relative to ``link_base``, the folder of the file the table goes into). No trailing newline."""
-    lines = ["| " + " | ".join(MARKDOWN_COLUMNS) + " |", "|" + "---|" * len(MARKDOWN_COLUMNS)]
+def _constraints(constraints: dict[str, bool] | None) -> str:
+    if constraints is None:
+        return "-"
+    failed = [name for name, ok in constraints.items() if not ok]
+    return "all met" if not failed else "**fails " + ", ".join(failed) + "**"
+
+
+def _group_cells(group: list[RunResult], link_base: Path) -> dict[str, str]:
+    """Every column any layout shows, for one group of seeds."""
+    first = group[0]
+    seeds = ", ".join(f"[{'-' if run.seed is None else run.seed}]"
+                      f"({Path(os.path.relpath(run.path, link_base)).as_posix()})" for run in group)
+    hardware = first.hardware or "-"
+    if first.threads:
+        hardware += f", {first.threads} thread(s) per process"
+    return {
+        "model": first.model, "params": "-" if first.params is None else f"{first.params:,}",
+        "RF": "-" if first.receptive_field is None else str(first.receptive_field),
+        "MMACs": "-" if first.macs is None else f"{first.macs / 1e6:.1f}",
+        "constraints": _constraints(first.constraints),
+        "write-up's claim": WRITE_UP_CLAIMS.get(first.model, "-"),
+        "epochs": str(first.epochs), "seeds": seeds,
+        "test acc (final epoch)": _group_pm([run.test_acc for run in group], _pct),
+        "test acc (best epoch)": _group_pm([run.best_test_acc for run in group], _pct),
+        "flip TTA": _group_pm([run.test_acc_tta for run in group], _pct),
+        "flip + translate TTA": _group_pm([run.test_acc_tta_translate for run in group], _pct),
+        "hardware": hardware, "training time": _group_pm([run.train_seconds for run in group], _duration),
+        "command": f"`{train_command(group)}`",
+    }
+
+
+def markdown_table(runs: list[RunResult], link_base: Path, layout: str = "recipes") -> str:
+    """The README table of ``runs`` in ``layout`` (:data:`LAYOUTS`): one row per :func:`recipe_groups` group,
+    seeds linked to their folders (paths relative to ``link_base``, the folder of the file the table goes into).
+    No trailing newline."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown table layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+    columns = LAYOUTS[layout]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for group in recipe_groups(runs):
-        first = group[0]
-        seeds = ", ".join(f"[{'-' if run.seed is None else run.seed}]"
-                          f"({Path(os.path.relpath(run.path, link_base)).as_posix()})" for run in group)
-        hardware = first.hardware or "-"
-        if first.threads:
-            hardware += f", {first.threads} thread(s) per process"
-        cells = [first.model, "-" if first.params is None else f"{first.params:,}", str(first.epochs), seeds,
-                 _group_pm([run.test_acc for run in group], _pct),
-                 _group_pm([run.test_acc_tta for run in group], _pct),
-                 _group_pm([run.test_acc_tta_translate for run in group], _pct), hardware,
-                 _group_pm([run.train_seconds for run in group], _duration), f"`{train_command(group)}`"]
-        lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+        cells = _group_cells(group, link_base)
+        lines.append("| " + " | ".join(_cell(cells[column]) for column in columns) + " |")
     return "\n".join(lines)
 
 
@@ -223,11 +274,13 @@ _SECTION = re.compile(r"<!-- table:(?P<name>[\w.-]+)(?P<patterns>(?: +[^ >]+)+) 
 
 @dataclass(frozen=True)
 class TableSection:
-    """A generated table in a markdown file: its name, the globs of its runs, and its text now."""
+    """A generated table in a markdown file: its name, the globs of its runs, its layout (a ``layout=NAME``
+    word among the globs; default ``recipes``) and its text now."""
 
     name: str
     patterns: tuple[str, ...]
     body: str
+    layout: str = "recipes"
 
 
 def table_sections(text: str) -> list[TableSection]:
@@ -236,7 +289,10 @@ def table_sections(text: str) -> list[TableSection]:
 
 
 def _section(match: re.Match[str]) -> TableSection:
-    return TableSection(match["name"], tuple(match["patterns"].split()), match["body"])
+    words = match["patterns"].split()
+    layouts = [word.removeprefix("layout=") for word in words if word.startswith("layout=")]
+    patterns = tuple(word for word in words if not word.startswith("layout="))
+    return TableSection(match["name"], patterns, match["body"], *layouts[-1:])
 
 
 def section_folders(section: TableSection, base: Path) -> list[Path]:
@@ -255,7 +311,7 @@ def section_body(section: TableSection, base: Path) -> str:
     folders = section_folders(section, base)
     if not folders:
         return f"_No finished run matches `{' '.join(section.patterns)}` yet._\n"
-    return markdown_table([read_run(folder) for folder in folders], base) + "\n"
+    return markdown_table([read_run(folder) for folder in folders], base, section.layout) + "\n"
 
 
 def update_readme(path: Path, only: str | None = None) -> list[str]:

@@ -20,8 +20,8 @@ from torch import nn
 
 from cifar import checkpoint as ckpt
 from cifar import results
-from cifar.aggregate import (RunFolderError, TableSection, markdown_table, read_run, section_body, section_folders,
-                             table_sections, update_readme)
+from cifar.aggregate import (LAYOUTS, RunFolderError, TableSection, markdown_table, read_run, section_body,
+                             section_folders, table_sections, update_readme)
 from cifar.config import TrainConfig
 from cifar.nets import build_net
 from cifar.replay import ReplayPlan, plan_replay, replay_command, weight_differences
@@ -257,6 +257,37 @@ def test_markdown_table_has_one_row_per_recipe_with_mean_and_std(tmp_path: Path)
                         "c4net_tiny --epochs 2 --mixed-precision no --cpu --seed <seed>`")
     one = [cell.strip() for cell in table[3].strip("|").split("|")]
     assert one[2] == "1" and one[4] == "70.00%" and "--seed" not in one[9]
+
+
+def test_claims_layout_sets_a_seed_net_beside_its_write_up_with_its_best_epoch(tmp_path: Path) -> None:
+    literal = make_run(tmp_path / "results" / "seed000-30ep-seed0", model="seed000", test_acc=0.80, epochs=3,
+                       receptive_field=29, macs=44_140_000,
+                       constraints={"params_lt_200k": True, "rf_gt_44": False, "gap": True})
+    # Test accuracy by epoch: the best (0.83, epoch 2) is not the final one (0.80).
+    (literal / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "test_acc": a}) + "\n"
+                                                   for e, a in [(1, 0.7), (2, 0.83), (3, 0.80)]))
+    ours = make_run(tmp_path / "results" / "c4net_tiny-3ep-seed0", epochs=3, test_acc=0.9, receptive_field=153,
+                    constraints={"params_lt_200k": True, "rf_gt_44": True})
+    table = markdown_table([read_run(literal), read_run(ours)], tmp_path, layout="claims").splitlines()
+    assert table[0] == ("| model | params | RF | MMACs | constraints | write-up's claim | epochs | seeds | "
+                        "test acc (final epoch) | test acc (best epoch) | hardware | training time | command |")
+    seed = dict(zip(LAYOUTS["claims"], (cell.strip() for cell in table[2].strip("|").split("|"))))
+    assert (seed["RF"], seed["MMACs"], seed["constraints"]) == ("29", "44.1", "**fails rf_gt_44**")
+    assert seed["write-up's claim"].startswith("88.93%, best of 30 epochs")
+    assert (seed["test acc (final epoch)"], seed["test acc (best epoch)"]) == ("80.00%", "83.00%")
+    default = dict(zip(LAYOUTS["claims"], (cell.strip() for cell in table[3].strip("|").split("|"))))
+    assert (default["constraints"], default["write-up's claim"], default["MMACs"]) == ("all met", "-", "-")
+    with pytest.raises(ValueError, match="unknown table layout 'wide'; valid: recipes, claims"):
+        markdown_table([read_run(ours)], tmp_path, layout="wide")
+
+
+def test_a_table_marker_may_name_its_layout(tmp_path: Path) -> None:
+    make_run(tmp_path / "results" / "seed000-2ep-seed0", model="seed000")
+    text = "<!-- table:seeds layout=claims results/seed* -->\nold\n<!-- /table:seeds -->\n"
+    [section] = table_sections(text)
+    assert (section.layout, section.patterns) == ("claims", ("results/seed*",))
+    assert "write-up's claim" in section_body(section, tmp_path).splitlines()[0]
+    assert table_sections(text.replace("layout=claims ", ""))[0].layout == "recipes"
 
 
 def test_update_readme_replaces_only_the_marked_table(tmp_path: Path) -> None:

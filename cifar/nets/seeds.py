@@ -8,11 +8,26 @@ and each detail the document leaves open. All of them return raw logits: the doc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 from torch import nn
 
 from cifar.nets import dilated
 from cifar.nets.layers import CifarNet, ClassifierHead, ConvBNAct, DepthwiseSeparableConv
 from cifar.nets.registry import register_net
+
+
+# What each write-up claims for its net, as it states it (line numbers of its file in ../shared/seeds/); the
+# recipes/ files say more. "best" is the best epoch's test accuracy, which chooses on the test set.
+WRITE_UP_CLAIMS: Mapping[str, str] = MappingProxyType({
+    "seed000": "88.93%, best of 30 epochs (29th); final 88.81% (l.213-223)",
+    "seed000_rf45": "seed000's: 88.93%, best of 30 epochs (29th); final 88.81% (l.213-223)",
+    "seed001": "over 85% within 35 epochs, best or final not said (l.34)",
+    "seed002": "85.52%, best and final of 30 epochs (l.194-195; its table: 85.22%)",
+    "seed003": "87.02%, best of 50 epochs (48th); final 85.52% (l.380-399)",
+    "seed004": "~85%: 85.52% at epoch 30, the best shown of a 100-epoch run logged to 31 (l.162-165, l.345-355)",
+})
 
 
 def _separable_bn_act(in_channels: int, out_channels: int, bias: bool, dropout: float = 0.0) -> nn.Sequential:
