@@ -148,8 +148,9 @@ def main(argv: list[str], stop: StopRequest) -> int:
         feed = "torch batch augmentation on the device"
     else:
         # LOCAL_WORLD_SIZE: the processes on this node, as torchrun and accelerate launch set it.
-        workers = (cfg.num_workers if cfg.num_workers is not None else
-                   loader_workers(accelerator.device.type, usable_cpus(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        node_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        workers = (cfg.num_workers if cfg.num_workers is not None
+                   else loader_workers(accelerator.device.type, usable_cpus(), node_processes))
         loader = train_loader(train_set, batches, workers, pin_memory=accelerator.device.type == "cuda",
                               worker_init_fn=ignore_stop_signals)
         feed = f"albumentations in {workers} DataLoader worker(s) per process"
