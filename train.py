@@ -51,7 +51,7 @@ from cifar.batch_augment import BatchAugment, DeviceBatches, resolve_augment_bac
 from cifar.config import ConfigError, TrainConfig, parse_config, save_yaml, trajectory_differences
 from cifar.data import CifarArrays, CifarDataError, load_cifar, stratified_split, stratified_subset
 from cifar.files import write_atomic
-from cifar.hardware import device_name, loader_workers, peak_memory_mb, usable_cpus
+from cifar.hardware import device_name, hardware_spans, loader_workers, peak_memory_mb, usable_cpus
 from cifar.metrics import confusion_matrix, per_class_table
 from cifar.nets import build_net
 from cifar.nets.analysis import NetReport, analyze_net
@@ -238,7 +238,8 @@ def main(argv: list[str], stop: StopRequest) -> int:
             if main_process:
                 write_metrics(out, progress.history)
             say(epoch_line(row, cfg.epochs))
-            accelerator.log({f"epoch/{k}": v for k, v in row.items() if v is not None}, step=progress.global_step)
+            accelerator.log({f"epoch/{k}": v for k, v in row.items() if isinstance(v, (int, float))},
+                            step=progress.global_step)
     except RunStopped as stopped:
         if main_process:
             print(stopped, file=sys.stderr)
@@ -412,7 +413,7 @@ def epoch_row(accelerator: Accelerator, net: torch.nn.Module, val_loader: DataLo
         row.update(val_loss=val.loss, val_acc=val.accuracy)
     test = evaluate(accelerator, net, test_loader)
     row.update(test_loss=test.loss, test_acc=test.accuracy, epoch_seconds=seconds,
-               images_per_second=images / seconds if images else None)
+               images_per_second=images / seconds if images else None, hardware=hardware(accelerator))
     return row
 
 
@@ -564,7 +565,9 @@ def write_results(cfg: TrainConfig, out: Path, net: torch.nn.Module, data: Cifar
                "epochs": cfg.epochs, "steps": progress.global_step, "params": report.params,
                "receptive_field": report.receptive_field, "macs": report.macs,
                "constraints": report.constraints, "train_seconds": progress.train_seconds,
-               "peak_memory_mb": peak_memory_mb(accelerator.device), "hardware": hardware(accelerator),
+               "peak_memory_mb": peak_memory_mb(accelerator.device),
+               # A run continued elsewhere with --resume auto names each machine with its epochs.
+               "hardware": hardware_spans(progress.history),
                # What a replay of the last epoch must repeat (python -m cifar.replay), and where it starts.
                "device": accelerator.device.type, "processes": accelerator.num_processes,
                "threads": torch.get_num_threads(), "torch": torch.__version__,

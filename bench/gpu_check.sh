@@ -12,11 +12,14 @@
 #   gpu tests       python -m pytest -m gpu             (tests/test_gpu.py)
 #   bench           python bench.py on the GPU: trainer vs the seed-style loop, same net and batch, and the GPU's
 #                   busy time (nvidia-smi's utilization.gpu, sampled every 0.2 s while the stage runs)
-#   <net>-35ep-seed0  the default recipe (train.py's defaults), 35 epochs, seed 0: wall time and GPU busy time
-#   ship ...        every finished run shipped as OUT/results/NAME (python -m cifar.results ship)
-#   accuracy runs   the default recipe with seeds 1 and 2, then each seed net with its own recipe
-#                   (recipes/seedNNN.yaml, seed 0), each while it fits in what is left of the budget (estimated
-#                   from the seed-0 run's wall time and the run's optimizer steps); else skipped
+#   accuracy runs   all at once, side by side on the GPU (under CUDA MPS where this script can start it): the
+#                   default recipe (train.py's defaults, 35 epochs) with seeds 0, 1, 2, and each seed net with
+#                   its own recipe (recipes/seedNNN.yaml, seed 0); one row each: wall time, exit status, test
+#                   accuracy, the GPU's busy time while they ran. Runs still going when the budget (less a
+#                   reserve for shipping) is spent are stopped and keep their checkpoints in RUNS: continue
+#                   them with the command in their log plus --resume auto
+#   ship ...        every finished run shipped as OUT/results/NAME (python -m cifar.results ship, without the
+#                   last-epoch checkpoint: cifar.replay refuses GPU runs)
 # OUT/gpu_check.md lists every stage: command, wall time, exit status (or why it was skipped), notes; each
 # stage's output is in OUT/logs/. Exit status: 0 every stage that ran passed, 1 some stage failed, 2 bad input
 # or no GPU, 130 interrupted (the running stage is stopped first: a training run saves a checkpoint).
@@ -27,8 +30,8 @@
 #   --out DIR        GPU_CHECK_OUT         default $OUT if set, else ./gpu-check-<time>
 #   --budget SEC     GPU_CHECK_BUDGET      seconds for all stages (default 540)
 #                    GPU_CHECK_RUNS        the training runs' folders (default OUT/runs; checkpoints included)
-#                    GPU_CHECK_SEEDS       seeds of the default recipe's accuracy runs after 0 (default 1 2;
-#                                          dry run 1)
+#                    GPU_CHECK_SEEDS       seeds of the default recipe's accuracy runs (default 0 1 2; dry
+#                                          run 0 1)
 #                    GPU_CHECK_SEED_NETS   seed nets of the accuracy runs (default seed000 ... seed004; dry run
 #                                          seed000); "" for none
 #                    PYTHON                the interpreter (default python, else python3)
@@ -100,7 +103,7 @@ if [ "$dry_run" = 1 ]; then
     bench_args=(--cpu --batch-size 32 --steps 1 --warmup 1 --train-images 32 --num-workers 1)
     precision=no
     # One accuracy run of each kind: each train.py start costs ~15 s on a small CPU, whatever the run's size.
-    seeds=${GPU_CHECK_SEEDS-1}
+    seeds=${GPU_CHECK_SEEDS-0 1}
     seed_nets=${GPU_CHECK_SEED_NETS-seed000}
 else
     # train.py's defaults throughout (on a GPU the training batches are augmented there, --augment-backend auto,
@@ -110,17 +113,16 @@ else
     bench_args=(--batch-size "$default_batch")
     # What train.py's --mixed-precision auto chooses (bf16 where the GPU has it natively), as the trainer runs.
     precision=$([ "$has_bf16" = 1 ] && echo bf16 || echo no)
-    seeds=${GPU_CHECK_SEEDS-1 2}
+    seeds=${GPU_CHECK_SEEDS-0 1 2}
     seed_nets=${GPU_CHECK_SEED_NETS-seed000 seed001 seed002 seed003 seed004}
 fi
 bench_args+=(--mixed-precision "$precision")
 
-# The accuracy runs: "name:steps relative to the seed-0 run:train.py flags". The default recipe with more seeds;
-# each seed net with its own recipe (recipes/NET.yaml: the write-up's epochs, batch, lr, augmentation, fp32), whose
-# optimizer steps (epochs x 50,000 / batch) give its time relative to the seed-0 run. A dry run's own arguments
-# (one epoch, batch 32) override every recipe, so there all runs cost the same.
+# The accuracy runs, "name:train.py flags": the default recipe with each seed; each seed net with its own recipe
+# (recipes/NET.yaml: the write-up's epochs, batch, lr, augmentation, fp32). A dry run's own arguments (one epoch,
+# batch 32) override every recipe.
 accuracy_runs=()
-for seed in $seeds; do accuracy_runs+=("$net-${epochs}ep-seed$seed:1:--model $net --epochs $epochs --seed $seed"); done
+for seed in $seeds; do accuracy_runs+=("$net-${epochs}ep-seed$seed:--model $net --epochs $epochs --seed $seed"); done
 for seed_net in $seed_nets; do
     recipe=recipes/$seed_net.yaml
     if [ ! -f "$recipe" ]; then
@@ -128,16 +130,9 @@ for seed_net in $seed_nets; do
              "$(cd recipes && ls -- *.yaml | sed 's/\.yaml$//' | paste -sd ' ')" >&2
         exit 2
     fi
-    read -r recipe_epochs recipe_batch <<< "$("$py" -c 'import sys, yaml
-c = yaml.safe_load(open(sys.argv[1])); print(c["epochs"], c["batch_size"])' "$recipe")"
-    if [ "$dry_run" = 1 ]; then
-        recipe_epochs=1
-        ratio=1
-    else
-        ratio=$(awk -v e="$recipe_epochs" -v b="$recipe_batch" -v de="$epochs" -v db="$default_batch" \
-            'BEGIN { printf "%.3f", (e / b) / (de / db) }')
-    fi
-    accuracy_runs+=("$seed_net-${recipe_epochs}ep-seed0:$ratio:--config $recipe --seed 0")
+    recipe_epochs=$([ "$dry_run" = 1 ] && echo 1 || "$py" -c 'import sys, yaml
+print(yaml.safe_load(open(sys.argv[1]))["epochs"])' "$recipe")
+    accuracy_runs+=("$seed_net-${recipe_epochs}ep-seed0:--config $recipe --seed 0")
 done
 
 mkdir -p "$out/logs" "$out/results" "$runs"
@@ -162,6 +157,15 @@ record() {  # stage, command, wall seconds, exit status or "skipped", notes
     local command=$2
     command=${command//|/\\|}
     echo "| $1 | \`$command\` | $3 | $4 | ${5:-} |" >> "$summary"
+}
+join_notes() {  # notes, empty ones dropped, as one "a; b" cell
+    printf '%s\n' "$@" | sed '/^$/d' | paste -sd ';' | sed 's/;/; /g'
+}
+stop_if_interrupted() {
+    if [ "$interrupted" = 1 ]; then
+        echo "interrupted; the stages so far are in $summary" >&2
+        exit 130
+    fi
 }
 
 # ---------------------------------------------------------------- GPU busy time
@@ -190,16 +194,21 @@ stop_sampling() {  # prints "GPU busy N% (M samples)", or nothing without sample
 
 # ---------------------------------------------------------------- running a stage
 stage_pid=
+pids=()      # the accuracy runs' timeout processes, and their states: running, an exit status, or skipped
+statuses=()
 interrupted=0
 on_signal() {
     interrupted=1
     if [ -n "$stage_pid" ]; then kill -TERM "$stage_pid" 2>/dev/null || true; fi
+    local i
+    for i in "${!pids[@]}"; do
+        if [ "${statuses[$i]}" = running ]; then kill -TERM "${pids[$i]}" 2>/dev/null || true; fi
+    done
 }
 trap on_signal INT TERM
 
 status=0
 wall=0
-notes_from=  # a function whose output opens the notes of the next stage run_stage records
 run_stage() {  # stage name, then its command; sets status and wall, records the stage
     local name=$1 left log t0
     shift
@@ -224,26 +233,20 @@ run_stage() {  # stage name, then its command; sets status and wall, records the
     done
     stage_pid=
     wall=$(elapsed "$t0")
-    local notes=() note
-    if [ -n "$notes_from" ]; then notes+=("$("$notes_from")"); fi
+    local notes=()
     if [ "$status" = 124 ]; then notes+=("stopped: out of budget"); fi
     notes+=("$(stop_sampling)")
-    note=$(printf '%s\n' "${notes[@]}" | sed '/^$/d' | paste -sd ';' | sed 's/;/; /g')
-    record "$name" "$*" "$wall" "$status" "$note"
+    record "$name" "$*" "$wall" "$status" "$(join_notes "${notes[@]}")"
     echo "== $name: exit $status, $wall s"
     if [ "$status" != 0 ]; then failed=1; fi
-    if [ "$interrupted" = 1 ]; then
-        echo "interrupted; the stages so far are in $summary" >&2
-        exit 130
-    fi
+    stop_if_interrupted
 }
 
-# A finished run's accuracy and training time, for the notes of its stage.
-run_dir=
-run_notes() {
+# A finished run's accuracy and training time, for the notes of its row.
+run_notes() {  # the run's folder
     "$py" -c 'import json, sys; s = json.load(open(sys.argv[1]))
 print("test acc {:.2%} ({:,} images), {:.0f} s training".format(s["test_acc"], s["test_images"], s["train_seconds"]))' \
-        "$run_dir/summary.json" 2>/dev/null || true
+        "$1/summary.json" 2>/dev/null || true
 }
 
 # train.py with these flags (then the run arguments of this mode, which win) into RUNS/NAME: sets train_command.
@@ -252,22 +255,6 @@ set_train_command() {  # name, then train.py flags
     local name=$1
     shift
     train_command=("$py" train.py --data-dir "$data" --no-download "$@" "${run_args[@]}" --output-dir "$runs/$name")
-}
-
-# Train RUNS/NAME, then ship it as OUT/results/NAME; trained_wall: the training's wall time if it finished, else "".
-trained_wall=
-train_and_ship() {  # name, then train.py flags
-    local name=$1
-    set_train_command "$@"
-    run_dir=$runs/$name
-    notes_from=run_notes
-    run_stage "$name" "${train_command[@]}"
-    notes_from=
-    trained_wall=
-    if [ "$status" = 0 ]; then
-        trained_wall=$wall
-        run_stage "ship $name" "$py" -m cifar.results ship "$run_dir" "$out/results/$name"
-    fi
 }
 
 # ---------------------------------------------------------------- the stages
@@ -283,26 +270,81 @@ run_stage "gpu tests" "$py" -m pytest -m gpu -q -rA
 
 run_stage bench "$py" bench.py --data-dir "$data" --model "$net" "${bench_args[@]}" --json "$out/bench.json"
 
-train_and_ship "$net-${epochs}ep-seed0" --model "$net" --epochs "$epochs" --seed 0
-seed0_wall=$trained_wall
-
+# The accuracy runs, side by side: a net this small leaves most of a big GPU idle between its kernel launches,
+# so runs in parallel share it well, and under CUDA MPS their kernels run concurrently instead of time-sliced
+# (on one H200, 17 such runs kept it 94% busy). Each stops when the budget less a reserve for shipping is spent.
+reserve=$((10 + 5 * ${#accuracy_runs[@]}))
+mps=0
+if [ "$dry_run" = 0 ] && command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d 2>/dev/null; then
+    # Ours to stop later. A daemon that serves no client (another user's rights, say) is stopped at once.
+    if "$py" -c 'import torch; torch.ones(1, device="cuda")' >/dev/null 2>&1; then
+        mps=1
+    else
+        echo quit | nvidia-cuda-mps-control || true
+    fi
+fi
+names=()
+commands=()
+starts=()
+walls=()
+start_sampling "$out/logs/accuracy-runs.gpu"
 for entry in "${accuracy_runs[@]}"; do
     name=${entry%%:*}
-    ratio=${entry#*:}
-    ratio=${ratio%%:*}
-    read -ra flags <<< "${entry#*:*:}"
+    read -ra flags <<< "${entry#*:}"
     set_train_command "$name" "${flags[@]}"
-    left=$(seconds_left)
-    if [ -z "$seed0_wall" ]; then
-        record "$name" "${train_command[*]}" - skipped "no estimate: the seed-0 run did not finish"
+    names+=("$name")
+    commands+=("${train_command[*]}")
+    starts+=("$EPOCHREALTIME")
+    walls+=(-)
+    left=$(($(seconds_left) - reserve))
+    if [ "$left" -le 0 ] || [ "$interrupted" = 1 ]; then
+        pids+=("")
+        statuses+=(skipped)
         continue
     fi
-    # The run and its shipping, from the seed-0 run's wall time, with a margin.
-    estimate=$(awk -v w="$seed0_wall" -v r="$ratio" 'BEGIN { printf "%d", w * r * 1.1 + 10 }')
-    if [ "$estimate" -gt "$left" ]; then
-        record "$name" "${train_command[*]}" - skipped "estimated $estimate s, $left s left"
-    else
-        train_and_ship "$name" "${flags[@]}"
+    echo "== $name (side by side, at most $left s): ${train_command[*]}"
+    timeout --kill-after=30 "$left" "${train_command[@]}" < /dev/null > "$out/logs/$name.log" 2>&1 &
+    pids+=($!)
+    statuses+=(running)
+done
+# Polled, not waited for in order, so each run's wall time ends when the run does.
+while [[ " ${statuses[*]} " == *" running "* ]]; do
+    sleep 1
+    for i in "${!pids[@]}"; do
+        if [ "${statuses[$i]}" = running ] && ! kill -0 "${pids[$i]}" 2>/dev/null; then
+            run_status=0
+            wait "${pids[$i]}" || run_status=$?
+            statuses[$i]=$run_status
+            walls[$i]=$(elapsed "${starts[$i]}")
+            echo "== ${names[$i]}: exit $run_status, ${walls[$i]} s"
+        fi
+    done
+done
+busy=$(stop_sampling)
+if [ "$mps" = 1 ]; then echo quit | nvidia-cuda-mps-control || true; fi
+shared="side by side with $((${#names[@]} - 1)) other run(s)"
+if [ "$mps" = 1 ]; then shared+=", under CUDA MPS"; fi
+for i in "${!names[@]}"; do
+    if [ "${statuses[$i]}" = skipped ]; then
+        record "${names[$i]}" "${commands[$i]}" - skipped \
+            "$([ "$interrupted" = 1 ] && echo "interrupted" || echo "the budget is spent")"
+        continue
+    fi
+    notes=("$(run_notes "$runs/${names[$i]}")" "$shared")
+    if [ "${statuses[$i]}" = 124 ]; then
+        notes+=("stopped: out of budget; continue it with its log's command plus --resume auto")
+    fi
+    notes+=("$busy")
+    record "${names[$i]}" "${commands[$i]}" "${walls[$i]}" "${statuses[$i]}" \
+        "$(join_notes "${notes[@]}")"
+    if [ "${statuses[$i]}" != 0 ]; then failed=1; fi
+done
+stop_if_interrupted
+# cifar.replay refuses GPU runs, so no last-epoch checkpoint travels; the runs' folders keep theirs.
+for i in "${!names[@]}"; do
+    if [ "${statuses[$i]}" = 0 ]; then
+        run_stage "ship ${names[$i]}" "$py" -m cifar.results ship "$runs/${names[$i]}" "$out/results/${names[$i]}" \
+            --without-replay
     fi
 done
 

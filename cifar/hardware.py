@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import resource
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # cifar.data reads usable_cpus() and loads without torch
     import torch
@@ -47,3 +48,20 @@ def peak_memory_mb(device: torch.device) -> float:
 
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def hardware_spans(history: Sequence[Mapping[str, Any]]) -> str:
+    """What trained a run's epochs, from its metrics.jsonl rows: the one description when one kind of machine
+    trained them all, otherwise each stretch with its epochs, e.g. ``"A (epochs 1-28); B (epochs 29-50)"`` for a
+    run continued with ``--resume auto`` elsewhere. Rows written before train.py recorded it say "not recorded"."""
+    spans: list[list[Any]] = []  # [hardware, first epoch, last epoch]
+    for row in history:
+        name = row.get("hardware", "not recorded")
+        if spans and spans[-1][0] == name:
+            spans[-1][2] = row["epoch"]
+        else:
+            spans.append([name, row["epoch"], row["epoch"]])
+    if len(spans) == 1:
+        return spans[0][0]
+    return "; ".join(f"{name} ({f'epoch {first}' if first == last else f'epochs {first}-{last}'})"
+                     for name, first, last in spans)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from cifar.hardware import loader_workers, usable_cpus
+from cifar.hardware import hardware_spans, loader_workers, usable_cpus
 
 
 def test_usable_cpus_follow_the_affinity_mask() -> None:
@@ -30,3 +30,14 @@ def test_cpu_training_takes_one_worker_whatever_the_machine(cpus: int, local_pro
 ])
 def test_gpu_training_shares_the_cpus_among_the_node_processes(cpus: int, local_processes: int, workers: int) -> None:
     assert loader_workers("cuda", cpus, local_processes) == workers
+
+
+def test_hardware_spans_name_one_machine_once_and_a_moved_run_by_its_epochs() -> None:
+    gpu, cpu = "1 process(es) on NVIDIA H200", "1 process(es) on CPU (2 cores)"
+    assert hardware_spans([{"epoch": e, "hardware": cpu} for e in (1, 2, 3)]) == cpu
+    moved = [{"epoch": 1, "hardware": gpu}, {"epoch": 2, "hardware": gpu}, {"epoch": 3, "hardware": cpu}]
+    assert hardware_spans(moved) == f"{gpu} (epochs 1-2); {cpu} (epoch 3)"
+    # Rows written before train.py recorded the hardware, continued on a machine that does.
+    assert hardware_spans([{"epoch": 1}, {"epoch": 2, "hardware": cpu}]) == f"not recorded (epoch 1); {cpu} (epoch 2)"
+    # Back on the first machine: a third stretch, not merged with the first.
+    assert hardware_spans([*moved, {"epoch": 4, "hardware": gpu}]).endswith(f"{cpu} (epoch 3); {gpu} (epoch 4)")

@@ -138,6 +138,8 @@ def test_a_run_writes_what_it_promises(straight: Path) -> None:
     summary = json.loads((straight / "summary.json").read_text())
     assert summary["test_images"] == 100 and summary["params"] == 3858 and summary["receptive_field"] > 44
     assert summary["test_acc"] == history[-1]["test_acc"]
+    assert summary["hardware"].startswith("1 process(es) on CPU")
+    assert {row["hardware"] for row in history} == {summary["hardware"]}
     best = max(history, key=lambda row: row["val_acc"])  # the first of equals, as the trainer keeps it
     assert summary["best_val_acc"] == best["val_acc"] and summary["best_epoch"] == best["epoch"]
     # Plain keys: the weights load into a freshly built net.
