@@ -117,9 +117,15 @@ def main(argv: list[str], stop: StopRequest) -> int:
     main_process = accelerator.is_main_process
     say = accelerator.print
 
-    # The output folder's name has a time in it: take the main process's, so every process writes one folder.
     backend = resolve_augment_backend(cfg.augment_backend, accelerator.device)
-    [cfg] = broadcast_object_list([cfg.resolved(precision, backend)])
+    if backend == "torch":  # batches augmented on the device: no loader workers
+        workers = 0
+    elif cfg.num_workers is not None:
+        workers = cfg.num_workers
+    else:  # LOCAL_WORLD_SIZE: the processes on this node, as torchrun and accelerate launch set it
+        workers = loader_workers(accelerator.device.type, usable_cpus(), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    # The output folder's name has a time in it: take the main process's, so every process writes one folder.
+    [cfg] = broadcast_object_list([cfg.resolved(precision, backend, workers)])
     out = Path(cfg.output_dir)
 
     # ------------------------------------------------------------------ data
@@ -147,13 +153,9 @@ def main(argv: list[str], stop: StopRequest) -> int:
                                accelerator.device)
         feed = "torch batch augmentation on the device"
     else:
-        # LOCAL_WORLD_SIZE: the processes on this node, as torchrun and accelerate launch set it.
-        node_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        workers = (cfg.num_workers if cfg.num_workers is not None
-                   else loader_workers(accelerator.device.type, usable_cpus(), node_processes))
-        loader = train_loader(train_set, batches, workers, pin_memory=accelerator.device.type == "cuda",
+        loader = train_loader(train_set, batches, cfg.num_workers, pin_memory=accelerator.device.type == "cuda",
                               worker_init_fn=ignore_stop_signals)
-        feed = f"albumentations in {workers} DataLoader worker(s) per process"
+        feed = f"albumentations in {cfg.num_workers} DataLoader worker(s) per process"
     test_loader = eval_loader(data.test_images, data.test_labels, data, cfg)
     val_loader = (eval_loader(data.train_images[val_idx], data.train_labels[val_idx], data, cfg)
                   if len(val_idx) else None)

@@ -127,13 +127,14 @@ class TrainConfig:
             raise ConfigError("--resume auto looks for checkpoints in --output-dir, but none was given (the default "
                               "names a new folder each run): pass the --output-dir of the run to continue")
 
-    def resolved(self, mixed_precision: str, augment_backend: str,
+    def resolved(self, mixed_precision: str, augment_backend: str, num_workers: int,
                  now: datetime.datetime | None = None) -> TrainConfig:
-        """This config with the output folder, precision and augmentation backend filled in, as the run saves it."""
+        """This config with the output folder, precision, augmentation backend and DataLoader workers filled in,
+        as the run saves it."""
         stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
         output_dir = self.output_dir or str(Path("runs") / f"{self.model}-{stamp}")
         return dataclasses.replace(self, output_dir=output_dir, mixed_precision=mixed_precision,
-                                   augment_backend=augment_backend)
+                                   augment_backend=augment_backend, num_workers=num_workers)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (tags as a list), as config.yaml and W&B store them."""

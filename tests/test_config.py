@@ -216,23 +216,24 @@ def test_saved_yaml_reads_back_to_an_equal_config(tmp_path):
                       resume="auto", output_dir=str(tmp_path / "run"), wandb_tags=("x", "y z"),
                       wandb_group="g", scheduler="step",
                       scheduler_params={"milestones": [0.3, 0.6], "gamma": 0.2}).resolved("bf16", "albumentations",
-                                                                                       FIXED_TIME)
+                                                                                       2, FIXED_TIME)
     path = tmp_path / "config.yaml"
     save_yaml(cfg, path)
     assert parse_config(["--config", str(path)]) == cfg
 
 
-def test_resolved_names_a_timestamped_output_dir_and_sets_the_precision_and_augment_backend():
+def test_resolved_names_a_timestamped_output_dir_and_sets_what_the_machine_decides():
     cfg = TrainConfig(model="c4net_tiny")
-    resolved = cfg.resolved("bf16", "albumentations", FIXED_TIME)
+    resolved = cfg.resolved("bf16", "albumentations", 3, FIXED_TIME)
     assert resolved.output_dir == str(Path("runs") / "c4net_tiny-20240102-030405")
-    assert (resolved.mixed_precision, resolved.augment_backend) == ("bf16", "albumentations")
-    assert dataclasses.replace(resolved, output_dir=None, mixed_precision="auto", augment_backend="auto") == cfg
-    assert re.fullmatch(r"runs/c4net_tiny-\d{8}-\d{6}", Path(cfg.resolved("no", "torch").output_dir).as_posix())
+    assert (resolved.mixed_precision, resolved.augment_backend, resolved.num_workers) == ("bf16", "albumentations", 3)
+    assert dataclasses.replace(resolved, output_dir=None, mixed_precision="auto", augment_backend="auto",
+                               num_workers=None) == cfg
+    assert re.fullmatch(r"runs/c4net_tiny-\d{8}-\d{6}", Path(cfg.resolved("no", "torch", 0).output_dir).as_posix())
 
 
 def test_resolved_keeps_an_explicit_output_dir():
-    assert TrainConfig(output_dir="somewhere/run1").resolved("no", "torch", FIXED_TIME).output_dir == "somewhere/run1"
+    assert TrainConfig(output_dir="somewhere/run1").resolved("no", "torch", 0, FIXED_TIME).output_dir == "somewhere/run1"
 
 
 def test_trajectory_differences_name_changed_trajectory_settings():
@@ -246,8 +247,8 @@ def test_trajectory_differences_name_changed_trajectory_settings():
 def test_a_checkpoint_from_before_augment_backend_existed_counts_as_albumentations():
     saved = TrainConfig().to_dict()
     del saved["augment_backend"]
-    assert trajectory_differences(saved, TrainConfig().resolved("no", "albumentations")) == []
-    [difference] = trajectory_differences(saved, TrainConfig().resolved("no", "torch"))
+    assert trajectory_differences(saved, TrainConfig().resolved("no", "albumentations", 1)) == []
+    [difference] = trajectory_differences(saved, TrainConfig().resolved("no", "torch", 0))
     assert "--augment-backend" in difference and "'albumentations' in the checkpoint, 'torch' now" in difference
 
 

@@ -135,6 +135,7 @@ def test_a_run_writes_what_it_promises(straight: Path) -> None:
     for row in history:
         assert {"lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", *TIMINGS} <= set(row)
         assert row["train_images"] == 200
+    assert "num_workers: 1\n" in (straight / "config.yaml").read_text()
     summary = json.loads((straight / "summary.json").read_text())
     assert summary["test_images"] == 100 and summary["params"] == 3858 and summary["receptive_field"] > 44
     assert summary["test_acc"] == history[-1]["test_acc"]
@@ -181,7 +182,9 @@ def test_torch_augmentation_backend_trains_and_resumes_bit_identically(tiny: Pat
     reference = tmp_path / "straight"
     result = train(*args, "--output-dir", reference)
     assert result.returncode == 0, result.stderr
-    assert "augment_backend: torch" in (reference / "config.yaml").read_text()
+    saved = (reference / "config.yaml").read_text()
+    # What the run used: batches augmented in the training process, whatever --num-workers asked for.
+    assert "augment_backend: torch\n" in saved and "num_workers: 0\n" in saved
     assert (reference / "plots" / "augmented_samples.png").stat().st_size > 0
     out = tmp_path / "run"
     cmd = command(*args, "--output-dir", out, "--resume", "auto")
