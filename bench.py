@@ -49,7 +49,7 @@ from cifar.augment import AUGMENT_PRESETS, AugmentedDataset, TrainBatches, build
 from cifar.batch_augment import BatchAugment, DeviceBatches, resolve_augment_backend
 from cifar.config import AUGMENT_BACKENDS, TrainConfig
 from cifar.data import CifarArrays, CifarDataError, load_cifar
-from cifar.hardware import device_name, peak_memory_mb
+from cifar.hardware import device_name, native_bf16, peak_memory_mb
 from cifar.nets import DEFAULT_NET, build_net, list_nets
 from cifar.optim import build_optimizer
 
@@ -63,8 +63,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--data-dir", default="data", help="CIFAR-10 as train.py reads it")
     parser.add_argument("--model", default=DEFAULT_NET, choices=list_nets())
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"),
-                        help="for the model and trainer measurements (the baseline is always fp32)")
+    parser.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "bf16", "fp16"),
+                        help="for the model and trainer measurements (the baseline is always fp32); auto: what "
+                             "train.py's auto trains in here")
     parser.add_argument("--num-workers", type=int, default=2, help="our trainer's DataLoader workers")
     parser.add_argument("--processes", type=int, default=1,
                         help="trainer processes (accelerate launch; on a CPU each gets cores/processes threads)")
@@ -99,6 +100,8 @@ class Timing:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    if args.mixed_precision == "auto":
+        args.mixed_precision = "bf16" if native_bf16(device) else "no"
     try:
         data = load_cifar(args.data_dir)
     except CifarDataError as error:

@@ -51,7 +51,8 @@ from cifar.batch_augment import BatchAugment, DeviceBatches, resolve_augment_bac
 from cifar.config import ConfigError, TrainConfig, parse_config, save_yaml, trajectory_differences
 from cifar.data import CifarArrays, CifarDataError, load_cifar, stratified_split, stratified_subset
 from cifar.files import write_atomic
-from cifar.hardware import device_name, hardware_spans, loader_workers, peak_memory_mb, usable_cpus
+from cifar.hardware import (device_name, hardware_spans, loader_workers, native_bf16, peak_memory_mb,
+                            usable_cpus)
 from cifar.metrics import confusion_matrix, per_class_table
 from cifar.nets import build_net
 from cifar.nets.analysis import NetReport, analyze_net
@@ -390,7 +391,9 @@ def evaluate(accelerator: Accelerator, net: torch.nn.Module, loader: DataLoader,
     net.eval()
     losses, predictions, labels = [], [], []
     for inputs, targets in loader:
-        with accelerator.autocast():
+        # On a CPU in float32 whatever the run trained in: its figures then come out the same on any CPU
+        # (--eval-only, AMX or not), and a forward pass costs little next to training.
+        with accelerator.autocast() if accelerator.device.type == "cuda" else contextlib.nullcontext():
             logits = net(inputs) if tta is None else tta_logits(net, inputs, tta)
         batch_losses = F.cross_entropy(logits.float(), targets, reduction="none")
         gathered = accelerator.gather_for_metrics((batch_losses, logits.argmax(1), targets))
@@ -631,8 +634,7 @@ def eval_loader(images: np.ndarray, labels: np.ndarray, data: CifarArrays, cfg: 
 def resolve_precision(cfg: TrainConfig) -> str:
     gpu = torch.cuda.is_available() and not cfg.cpu
     if cfg.mixed_precision == "auto":
-        # Native bf16 only: torch also counts emulated bf16 (V100, T4), which is slower than fp32.
-        return "bf16" if gpu and torch.cuda.is_bf16_supported(including_emulation=False) else "no"
+        return "bf16" if native_bf16(torch.device("cuda" if gpu else "cpu")) else "no"
     if cfg.mixed_precision == "fp16" and not gpu:
         raise BadInput("--mixed-precision fp16 needs a GPU (its loss scaler is CUDA-only here): use bf16 or no")
     return cfg.mixed_precision

@@ -78,17 +78,17 @@ if [ "$dry_run" = 0 ] && ! nvidia-smi -L >/dev/null 2>&1; then
          "try the stages on the CPU" >&2
     exit 2
 fi
-# One line: CUDA usable, native bf16, the default net and batch, torch's version, the GPU's name.
+# One line: CUDA usable, the default net and batch, torch's version, the GPU's name.
 if ! probe=$("$py" -c 'import torch
 from cifar.config import TrainConfig
 gpu = torch.cuda.is_available()
-print(int(gpu), int(gpu and torch.cuda.is_bf16_supported(including_emulation=False)), TrainConfig.model,
-      TrainConfig.batch_size, torch.__version__, torch.cuda.get_device_name(0) if gpu else "no GPU")'); then
+print(int(gpu), TrainConfig.model, TrainConfig.batch_size, torch.__version__,
+      torch.cuda.get_device_name(0) if gpu else "no GPU")'); then
     echo "error: $py cannot import torch and this project's cifar package (above): activate the project's" \
          "environment (README, Setup) or set PYTHON" >&2
     exit 2
 fi
-read -r has_cuda has_bf16 net default_batch torch_version gpu_name <<< "$probe"
+read -r has_cuda net default_batch torch_version gpu_name <<< "$probe"
 if [ "$dry_run" = 0 ] && [ "$has_cuda" != 1 ]; then
     echo "error: nvidia-smi sees a GPU but torch $torch_version cannot use it (torch.cuda.is_available() is" \
          "False): install a CUDA build of torch that matches the driver (nvidia-smi shows its CUDA version)" >&2
@@ -100,8 +100,7 @@ if [ "$dry_run" = 1 ]; then
     net=c4net_tiny  # the tests' CPU net: c4net's layout at 1/8 of the width
     epochs=1
     run_args=(--cpu --epochs 1 --subset 64 --batch-size 32 --num-workers 1 --checkpoint-every 0)
-    bench_args=(--cpu --batch-size 32 --steps 1 --warmup 1 --train-images 32 --num-workers 1)
-    precision=no
+    bench_args=(--cpu --batch-size 32 --steps 1 --warmup 1 --train-images 32 --num-workers 1 --mixed-precision no)
     # One accuracy run of each kind: each train.py start costs ~15 s on a small CPU, whatever the run's size.
     seeds=${GPU_CHECK_SEEDS-0 1}
     seed_nets=${GPU_CHECK_SEED_NETS-seed000}
@@ -110,13 +109,11 @@ else
     # and no DataLoader workers run).
     epochs=35
     run_args=()
+    # bench.py's --mixed-precision auto is train.py's: bf16 where the GPU has it natively.
     bench_args=(--batch-size "$default_batch")
-    # What train.py's --mixed-precision auto chooses (bf16 where the GPU has it natively), as the trainer runs.
-    precision=$([ "$has_bf16" = 1 ] && echo bf16 || echo no)
     seeds=${GPU_CHECK_SEEDS-0 1 2}
     seed_nets=${GPU_CHECK_SEED_NETS-seed000 seed001 seed002 seed003 seed004}
 fi
-bench_args+=(--mixed-precision "$precision")
 
 # The accuracy runs, "name:train.py flags": the default recipe with each seed; each seed net with its own recipe
 # (recipes/NET.yaml: the write-up's epochs, batch, lr, augmentation, fp32). A dry run's own arguments (one epoch,

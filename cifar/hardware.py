@@ -40,6 +40,22 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast runs natively here, which is what ``--mixed-precision auto`` trains in.
+
+    On a GPU, bf16 in hardware (torch also counts emulated bf16, V100 and T4, which is slower than fp32). On a
+    CPU, AMX: oneDNN runs the dense and pointwise convs on its bf16 tiles (c4net, batch 512, 2 processes on 2
+    cores of a Xeon with AMX: 842 img/s in bf16, 584 in fp32; the depthwise convs stay fp32, cifar.nets.dilated).
+    Without AMX, bf16 on a CPU runs no faster than fp32 and pays for the casts (README "Speed").
+    """
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private: absent from some builds
+    return device.type == "cpu" and amx is not None and amx()
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """On a GPU the most memory this process had allocated on it (since the last
     ``torch.cuda.reset_peak_memory_stats``); on the CPU the process's peak resident memory since it started."""

@@ -309,13 +309,36 @@ def test_rule_takes_the_path_measured_fastest(avx2_cpu: None, kwargs: dict, chan
     assert conv(x).grad_fn.name() == GRAD_FN[expected]
 
 
-def test_module_keeps_the_native_conv_under_autocast(avx2_cpu: None) -> None:
-    conv = dilated.Conv2d(4, 4, 3, padding=2, dilation=2, groups=4)
+def test_under_autocast_a_dense_conv_keeps_the_native_bf16_conv(avx2_cpu: None) -> None:
+    conv = dilated.Conv2d(4, 4, 3, padding=2, dilation=2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = conv(torch.randn(2, 4, 8, 8))
     assert out.dtype == torch.bfloat16 and out.grad_fn.name() == "ConvolutionBackward0"
     out.float().sum().backward()
     assert conv.weight.grad is not None
+
+
+@pytest.mark.parametrize("kwargs, grad_fn", [
+    ({"padding": 2, "dilation": 2}, GRAD_FN[TAPS]),           # C3/C4's dilated depthwise convs
+    ({"stride": 2, "padding": 1}, "ConvolutionBackward0"),      # an undilated strided transition
+])
+def test_under_autocast_a_depthwise_conv_computes_in_float32(avx2_cpu: None, kwargs: dict, grad_fn: str) -> None:
+    """Exactly what it computes without autocast on the same values: bf16 in, float32 out, gradients alike."""
+    torch.manual_seed(0)
+    conv = dilated.Conv2d(4, 4, 3, groups=4, **kwargs)
+    x = torch.randn(2, 4, 8, 8).bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x)
+    assert out.dtype == torch.float32 and out.grad_fn.name() == grad_fn
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+    autocast_grads = x.grad, conv.weight.grad
+    x.grad = conv.weight.grad = None
+    x_float = x.detach().float().requires_grad_()
+    reference = conv(x_float)
+    reference.backward(grad_out)
+    assert torch.equal(out, reference) and torch.equal(autocast_grads[1], conv.weight.grad)
+    assert autocast_grads[0].dtype == torch.bfloat16 and torch.equal(autocast_grads[0], x_float.grad.bfloat16())
 
 
 @pytest.mark.parametrize("capability, groups, stride, expected", [

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+import torch
 
-from cifar.hardware import hardware_spans, loader_workers, usable_cpus
+from cifar.hardware import hardware_spans, loader_workers, native_bf16, usable_cpus
 
 
 def test_usable_cpus_follow_the_affinity_mask() -> None:
@@ -41,3 +43,12 @@ def test_hardware_spans_name_one_machine_once_and_a_moved_run_by_its_epochs() ->
     assert hardware_spans([{"epoch": 1}, {"epoch": 2, "hardware": cpu}]) == f"not recorded (epoch 1); {cpu} (epoch 2)"
     # Back on the first machine: a third stretch, not merged with the first.
     assert hardware_spans([*moved, {"epoch": 4, "hardware": gpu}]).endswith(f"{cpu} (epoch 3); {gpu} (epoch 4)")
+
+
+def test_a_cpu_runs_bf16_natively_where_it_has_amx() -> None:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    flags = {flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
+             for flag in line.split(":", 1)[1].split()}
+    assert native_bf16(torch.device("cpu")) == ("amx_bf16" in flags)

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from cifar import checkpoint as ckpt
 from cifar.data import load_cifar
+from cifar.hardware import native_bf16
 from tests.tiny_data import download_host_reachable, write_tiny_cifar
 
 pytestmark = pytest.mark.slow
@@ -135,7 +136,10 @@ def test_a_run_writes_what_it_promises(straight: Path) -> None:
     for row in history:
         assert {"lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", *TIMINGS} <= set(row)
         assert row["train_images"] == 200
-    assert "num_workers: 1\n" in (straight / "config.yaml").read_text()
+    saved = (straight / "config.yaml").read_text()
+    # --mixed-precision auto on a CPU: bf16 where it has AMX (cifar.hardware.native_bf16), else fp32.
+    assert f"mixed_precision: {'bf16' if native_bf16(torch.device('cpu')) else 'no'}\n" in saved
+    assert "num_workers: 1\n" in saved
     summary = json.loads((straight / "summary.json").read_text())
     assert summary["test_images"] == 100 and summary["params"] == 3858 and summary["receptive_field"] > 44
     assert summary["test_acc"] == history[-1]["test_acc"]

@@ -127,7 +127,7 @@ def _seed002_block(in_channels: int, out_channels: int) -> nn.Sequential:
     """
     return nn.Sequential(
         ConvBNAct(in_channels, out_channels, padding=0),
-        nn.Conv2d(out_channels, out_channels, 3, groups=out_channels, bias=False),
+        dilated.Conv2d(out_channels, out_channels, 3, groups=out_channels, bias=False),
         nn.Conv2d(out_channels, out_channels, 1, stride=2, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
