@@ -45,8 +45,8 @@ def native_bf16(device: torch.device) -> bool:
 
     On a GPU, bf16 in hardware (torch also counts emulated bf16, V100 and T4, which is slower than fp32). On a
     CPU, AMX: oneDNN runs the dense and pointwise convs on its bf16 tiles (c4net, batch 512, 2 processes on 2
-    cores of a Xeon with AMX: 842 img/s in bf16, 584 in fp32; the depthwise convs stay fp32, cifar.nets.dilated).
-    Without AMX, bf16 on a CPU runs no faster than fp32 and pays for the casts (README "Speed").
+    cores of a Xeon with AMX: 783 img/s in bf16, 617 in fp32; the depthwise convs stay fp32, cifar.nets.dilated;
+    README "Speed"). Without AMX oneDNN has no fast bf16 kernels on a CPU, so fp32 stays.
     """
     import torch
 

@@ -233,7 +233,8 @@ def test_resolved_names_a_timestamped_output_dir_and_sets_what_the_machine_decid
 
 
 def test_resolved_keeps_an_explicit_output_dir():
-    assert TrainConfig(output_dir="somewhere/run1").resolved("no", "torch", 0, FIXED_TIME).output_dir == "somewhere/run1"
+    resolved = TrainConfig(output_dir="somewhere/run1").resolved("no", "torch", 0, FIXED_TIME)
+    assert resolved.output_dir == "somewhere/run1"
 
 
 def test_trajectory_differences_name_changed_trajectory_settings():
