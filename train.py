@@ -29,6 +29,7 @@ import sys
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -383,22 +384,37 @@ class Evaluation:
     labels: np.ndarray
 
 
+@contextlib.contextmanager
+def own_forward(net: torch.nn.Module) -> Iterator[None]:
+    """Runs ``net`` with its class's forward for the duration. Under mixed precision accelerator.prepare()
+    replaces the (unwrapped) net's forward with one that runs under autocast, so without this an evaluation
+    on a CPU would follow the training precision, not the one evaluate() chooses."""
+    prepared = net.__dict__.pop("forward", None)
+    try:
+        yield
+    finally:
+        if prepared is not None:
+            net.forward = prepared
+
+
 @torch.no_grad()
 def evaluate(accelerator: Accelerator, net: torch.nn.Module, loader: DataLoader, tta: str | None = None) -> Evaluation:
     """Loss and accuracy over exactly the loader's images: gather_for_metrics drops the padding that evens
-    out the processes' shards. With ``tta`` (a variant of cifar.tta) the logits are averaged over its views."""
+    out the processes' shards. With ``tta`` (a variant of cifar.tta) the logits are averaged over its views.
+    ``net`` is the unwrapped net (no DDP wrapper): evaluation needs no gradient synchronisation."""
     was_training = net.training
     net.eval()
     losses, predictions, labels = [], [], []
-    for inputs, targets in loader:
-        # On a CPU in float32 whatever the run trained in: its figures then come out the same on any CPU
-        # (--eval-only, AMX or not), and a forward pass costs little next to training.
-        with accelerator.autocast() if accelerator.device.type == "cuda" else contextlib.nullcontext():
+    # On a CPU in float32 whatever the run trained in: its figures then come out the same on any CPU
+    # (--eval-only, AMX or not), and a forward pass costs little next to training.
+    precision = accelerator.autocast() if accelerator.device.type == "cuda" else contextlib.nullcontext()
+    with own_forward(net), precision:
+        for inputs, targets in loader:
             logits = net(inputs) if tta is None else tta_logits(net, inputs, tta)
-        batch_losses = F.cross_entropy(logits.float(), targets, reduction="none")
-        gathered = accelerator.gather_for_metrics((batch_losses, logits.argmax(1), targets))
-        for bucket, value in zip((losses, predictions, labels), gathered):
-            bucket.append(value.cpu())
+            batch_losses = F.cross_entropy(logits.float(), targets, reduction="none")
+            gathered = accelerator.gather_for_metrics((batch_losses, logits.argmax(1), targets))
+            for bucket, value in zip((losses, predictions, labels), gathered):
+                bucket.append(value.cpu())
     net.train(was_training)
     loss, prediction, label = (torch.cat(bucket) for bucket in (losses, predictions, labels))
     return Evaluation(loss=float(loss.double().sum() / len(loss)),
@@ -650,6 +666,7 @@ def evaluate_weights(cfg: TrainConfig, accelerator: Accelerator, data: CifarArra
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     net, loader = accelerator.prepare(net, eval_loader(data.test_images, data.test_labels, data, cfg))
+    net = accelerator.unwrap_model(net)
     result = evaluate(accelerator, net, loader)
     tta = {variant: evaluate(accelerator, net, loader, tta=variant) for variant in TTA_VARIANTS}
     accelerator.print(f"{cfg.eval_only}: net {name}, test accuracy {result.accuracy:.2%} ({result.count:,} images), "

@@ -276,6 +276,38 @@ def test_eval_only_reports_accuracy_and_a_per_class_table(tiny: Path, straight: 
         assert "airplane" in result.stdout and "total" in result.stdout
 
 
+def test_a_bf16_run_on_the_cpu_is_evaluated_in_fp32_during_training_and_after(tiny: Path, tmp_path: Path) -> None:
+    """accelerator.prepare() runs the net's forward under autocast in bf16; evaluation on a CPU must not follow
+    it. The loss train.py reports for the bf16-trained weights is the fp32 one --eval-only prints, whatever
+    --mixed-precision says there (bf16 autocast runs on any CPU, natively with AMX)."""
+    out = tmp_path / "run"
+    result = train(*BASE, "--data-dir", tiny, "--epochs", "4", "--lr", "0.2", "--mixed-precision", "bf16",
+                   "--output-dir", out)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    printed = []
+    for precision in ("no", "bf16"):
+        result = train("--cpu", "--data-dir", tiny, "--eval-only", out, "--num-workers", "0",
+                       "--mixed-precision", precision)
+        assert result.returncode == 0, result.stderr
+        printed.append(re.search(r"test accuracy .*", result.stdout).group(0))
+    assert printed[0] == printed[1]
+    assert f"test accuracy {summary['test_acc']:.2%} (100 images), loss {summary['test_loss']:.4f};" in printed[0]
+    # The reported loss is the fp32 one, and bf16 autocast would have printed another: the check can fail.
+    from cifar.nets import build_net
+    net = build_net("c4net_tiny").eval()
+    net.load_state_dict(load_file(out / "model.safetensors"))
+    data = load_cifar(tiny)
+    images = (torch.from_numpy(data.test_images).permute(0, 3, 1, 2).float() / 255
+              - torch.tensor(data.mean).view(1, 3, 1, 1)) / torch.tensor(data.std).view(1, 3, 1, 1)
+    labels = torch.from_numpy(data.test_labels).long()
+    with torch.no_grad():
+        fp32 = torch.nn.functional.cross_entropy(net(images), labels).item()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = torch.nn.functional.cross_entropy(net(images).float(), labels).item()
+    assert abs(summary["test_loss"] - fp32) < 1e-5 and abs(bf16 - fp32) > 1e-3, (summary["test_loss"], fp32, bf16)
+
+
 def test_nonfinite_loss_stops_with_exit_3_and_keeps_the_last_good_checkpoint(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = train(*BASE, "--data-dir", tiny, "--epochs", "2", "--output-dir", out, "--lr", "1e30",
