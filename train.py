@@ -665,8 +665,9 @@ def evaluate_weights(cfg: TrainConfig, accelerator: Accelerator, data: CifarArra
     net, name, _ = ckpt.load_net(resolve_weights(cfg.eval_only), default_name=cfg.model)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    net, loader = accelerator.prepare(net, eval_loader(data.test_images, data.test_labels, data, cfg))
-    net = accelerator.unwrap_model(net)
+    # Evaluation needs neither DDP nor the autocast wrapper that prepare() would add: the net only moves.
+    net = net.to(accelerator.device)
+    loader = accelerator.prepare(eval_loader(data.test_images, data.test_labels, data, cfg))
     result = evaluate(accelerator, net, loader)
     tta = {variant: evaluate(accelerator, net, loader, tta=variant) for variant in TTA_VARIANTS}
     accelerator.print(f"{cfg.eval_only}: net {name}, test accuracy {result.accuracy:.2%} ({result.count:,} images), "

@@ -15,11 +15,10 @@ import torch
 from torch import nn
 
 from cifar import checkpoint as ckpt
-from cifar.augment import PlainDataset, build_test_transform
 from cifar.data import CifarArrays, load_cifar
 from cifar.export import METADATA_KEYS, ExportError, InputStats, export_onnx, main, onnx_model
 from cifar.nets import build_net
-from tests.tiny_data import write_tiny_cifar
+from tests.tiny_data import evaluation_inputs, write_tiny_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
 NETS = ("c4net_tiny", "seed003")  # seed003: conv biases before BatchNorm, Dropout2d inside the trunk
@@ -44,18 +43,12 @@ def net_with_real_batchnorm(name: str, data: CifarArrays) -> nn.Module:
         if isinstance(module, nn.BatchNorm2d):
             nn.init.uniform_(module.weight, 0.5, 1.5)
             nn.init.normal_(module.bias, 0.0, 0.2)
-    inputs = pytorch_inputs(data.train_images[:96], data)
+    inputs = evaluation_inputs(data.train_images[:96], data)
     net.train()
     with torch.no_grad():
         for batch in inputs.split(32):
             net(batch)
     return net.eval()
-
-
-def pytorch_inputs(images: np.ndarray, data: CifarArrays) -> torch.Tensor:
-    """What the net sees in train.py's evaluation (and --eval-only): the test pipeline's normalised tensors."""
-    dataset = PlainDataset(images, np.zeros(len(images), np.int64), build_test_transform(data.mean, data.std))
-    return torch.stack([dataset[i][0] for i in range(len(dataset))])
 
 
 def onnx_inputs(images: np.ndarray) -> np.ndarray:
@@ -95,7 +88,7 @@ def exported(request: pytest.FixtureRequest, data: CifarArrays,
 def test_onnxruntime_predicts_what_pytorch_predicts_at_any_batch_size(exported, data: CifarArrays) -> None:
     name, net, path = exported
     with torch.no_grad():
-        reference = net(pytorch_inputs(data.test_images, data)).numpy()
+        reference = net(evaluation_inputs(data.test_images, data)).numpy()
     model = session(path)
     for batch_size in (len(data.test_images), 7):  # one batch of 100, then 14 of 7 and one of 2
         logits = run_onnx(model, data.test_images, batch_size)
@@ -221,7 +214,7 @@ def test_a_trained_run_exports_from_its_folder_and_its_checkpoint_at_its_accurac
         assert float((logits.argmax(1) == data.test_labels).mean()) == pytest.approx(summary["test_acc"], abs=1e-12)
         net, _, _ = ckpt.load_net(source)
         with torch.no_grad():
-            assert_same_predictions(logits, net.eval()(pytorch_inputs(data.test_images, data)).numpy())
+            assert_same_predictions(logits, net.eval()(evaluation_inputs(data.test_images, data)).numpy())
     # Bad input from the shell: exit 2, one line, no traceback.
     bad = subprocess.run([sys.executable, "-m", "cifar.export", str(tmp_path / "none"), "--onnx",
                           str(tmp_path / "none.onnx")], cwd=ROOT, capture_output=True, text=True, timeout=300)

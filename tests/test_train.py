@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from cifar import checkpoint as ckpt
 from cifar.data import load_cifar
 from cifar.hardware import native_bf16
-from tests.tiny_data import download_host_reachable, write_tiny_cifar
+from tests.tiny_data import download_host_reachable, evaluation_inputs, write_tiny_cifar
 
 pytestmark = pytest.mark.slow
 
@@ -298,9 +298,7 @@ def test_a_bf16_run_on_the_cpu_is_evaluated_in_fp32_during_training_and_after(ti
     net = build_net("c4net_tiny").eval()
     net.load_state_dict(load_file(out / "model.safetensors"))
     data = load_cifar(tiny)
-    images = (torch.from_numpy(data.test_images).permute(0, 3, 1, 2).float() / 255
-              - torch.tensor(data.mean).view(1, 3, 1, 1)) / torch.tensor(data.std).view(1, 3, 1, 1)
-    labels = torch.from_numpy(data.test_labels).long()
+    images, labels = evaluation_inputs(data.test_images, data), torch.from_numpy(data.test_labels)
     with torch.no_grad():
         fp32 = torch.nn.functional.cross_entropy(net(images), labels).item()
         with torch.autocast("cpu", dtype=torch.bfloat16):

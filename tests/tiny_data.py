@@ -1,5 +1,6 @@
-"""A tiny, learnable CIFAR-like dataset in the image-folder layout, for end-to-end runs of train.py; and whether
-the real dataset's download server answers, for the tests of a machine without network."""
+"""A tiny, learnable CIFAR-like dataset in the image-folder layout, for end-to-end runs of train.py; the tensors
+train.py's evaluation feeds a net; and whether the real dataset's download server answers, for the tests of a
+machine without network."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
+import torch
 from PIL import Image
 
-from cifar.data import DOWNLOAD_URL
+from cifar.augment import PlainDataset, build_test_transform
+from cifar.data import DOWNLOAD_URL, CifarArrays
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -47,3 +50,9 @@ def download_host_reachable() -> bool:
     except OSError:
         return False
     return True
+
+
+def evaluation_inputs(images: np.ndarray, data: CifarArrays) -> torch.Tensor:
+    """What the net sees in train.py's evaluation (and --eval-only): the test pipeline's normalised tensors."""
+    dataset = PlainDataset(images, np.zeros(len(images), np.int64), build_test_transform(data.mean, data.std))
+    return torch.stack([dataset[i][0] for i in range(len(dataset))])
