@@ -50,6 +50,7 @@ TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 META_FILE = "batches.meta"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Read when a download starts, so tests can point it elsewhere; the probe connects to its host and port.
 DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 DOWNLOAD_MD5 = "c58f30108f718f92721af3b95e74349a"
 CACHE_DIR = ".cifar-cache"
@@ -201,9 +202,10 @@ def download_cifar(data_dir: str | os.PathLike[str]) -> None:
         f"Nothing to load in '{root}' either: it should hold {_LAYOUTS_HELP}. On a machine without network, "
         f"{_FIX_HELP}; the trainer's --no-download then forbids any network access."
     )
-    host = urlsplit(DOWNLOAD_URL).hostname or ""
+    url = urlsplit(DOWNLOAD_URL)
+    host = url.hostname or ""
     try:
-        _probe(host, 443, _NETWORK_TIMEOUT_S)
+        _probe(host, url.port or (80 if url.scheme == "http" else 443), _NETWORK_TIMEOUT_S)
     except OSError as error:
         raise CifarDataError(f"cannot download CIFAR-10: {host} is unreachable ({error}). {offline_help}") from error
     from torchvision.datasets.utils import download_and_extract_archive  # seconds to import: only when needed

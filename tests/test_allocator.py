@@ -33,6 +33,7 @@ def page_faults(mode: str) -> int:
     return int(done.stdout.strip())
 
 
+@pytest.mark.slow  # two Python subprocesses
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the thresholds are glibc's")
 def test_freed_tensors_are_reused_instead_of_faulted_again() -> None:
     default, kept = page_faults("default"), page_faults("keep")

@@ -291,30 +291,31 @@ while line := sys.stdin.readline():
 """
 
 
-def test_sigkill_at_random_moments_never_exposes_a_half_written_checkpoint(tmp_path):
+@pytest.mark.slow
+def test_sigkill_at_random_moments_never_exposes_a_half_written_checkpoint(tmp_path, kill_rounds):
     """One interpreter imports torch once, then forks a writer per round that loops write + prune (each
-    round starting by rewriting the latest step, as a resumed run does) until SIGKILLed at a random delay
+    round starting by rewriting the latest step, as a resumed run does) until SIGKILLed at a seeded random delay
     after its first finished checkpoint, so that every round gets somewhere however slow the machine."""
     directory = tmp_path / "ckpt"
     big = [torch.randn(1_500_000, generator=torch.Generator().manual_seed(seed)) for seed in range(3)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen([sys.executable, "-c", CRASH_WRITER, str(directory)], cwd=ROOT, env=env, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    rng = random.Random(20240607)
     previous_step, rounds_with_debris, writer = 1, 0, None
     try:
         assert server.stdout.readline() == "ready\n"
-        for delay in [rng.uniform(0.0, 0.6) for _ in range(5)]:
+        for _ in range(5):
             server.stdin.write(f"{previous_step}\n")
             server.stdin.flush()
             writer = int(server.stdout.readline())
-            assert server.stdout.readline().startswith("wrote "), "the writer stopped before its first checkpoint"
-            time.sleep(delay)
+            first = server.stdout.readline()
+            assert first.startswith("wrote "), f"the writer stopped before its first checkpoint: {first!r}"
+            time.sleep(kill_rounds.delay(0.6))
             os.kill(writer, signal.SIGKILL)
             while (line := server.stdout.readline()).startswith("wrote "):
                 pass
-            assert int(line) == -signal.SIGKILL  # killed, not stopped by an error
             writer = None  # reaped by the server
+            kill_rounds.assert_killed(int(line), saved=True)  # killed while writing, not stopped by an error
 
             names = sorted(entry.name for entry in directory.iterdir())
             rounds_with_debris += any(name.startswith(".tmp-") for name in names)
@@ -452,6 +453,7 @@ def test_load_weights_names_the_path_and_the_problem(tmp_path, make, problem):
     assert str(path) in str(error.value) and problem in str(error.value)
 
 
+@pytest.mark.slow
 def test_equal_weights_give_equal_files_in_every_process(tmp_path: Path) -> None:
     # safetensors orders metadata by a per-process hash: without sorting, two processes write different bytes.
     script = ("import sys, torch; from pathlib import Path; from cifar.checkpoint import save_weights; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -45,10 +46,26 @@ def test_parser_has_every_required_flag():
     assert [flag for flag in REQUIRED_FLAGS if flag not in options] == []
 
 
-def test_switches_take_no_value_and_have_a_negative_form():
-    on = parse_config(["--cpu", "--wandb", "--sync-bn", "--ema", "--compile", "--channels-last"])
-    assert (on.cpu, on.wandb, on.sync_bn, on.ema, on.compile, on.channels_last) == (True,) * 6
-    assert parse_config(["--no-nesterov"]).nesterov is False
+SWITCHES = ("download", "nesterov", "cpu", "sync_bn", "ema", "compile", "channels_last", "wandb")
+
+
+def test_every_bool_setting_is_a_switch_listed_here():
+    types = typing.get_type_hints(TrainConfig)
+    assert tuple(f.name for f in dataclasses.fields(TrainConfig) if types[f.name] is bool) == SWITCHES
+
+
+@pytest.mark.parametrize("name", SWITCHES)
+def test_switches_take_no_value_and_have_a_negative_form(name, capsys):
+    flag = "--" + name.replace("_", "-")
+    assert getattr(parse_config([flag]), name) is True
+    assert getattr(parse_config(["--no-" + flag[2:]]), name) is False
+    assert getattr(parse_config([flag, "--no-" + flag[2:]]), name) is False  # the last one wins
+    for argv, complaint in (([f"{flag}=yes"], "ignored explicit argument 'yes'"),
+                            ([flag, "no"], "unrecognized arguments: no")):
+        with pytest.raises(SystemExit) as caught:
+            parse_config(argv)
+        assert caught.value.code == 2, argv
+        assert complaint in capsys.readouterr().err, argv
 
 
 def test_flag_values_are_converted_to_the_field_types():

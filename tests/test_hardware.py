@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,10 +13,36 @@ import torch
 from cifar.hardware import hardware_spans, loader_workers, native_bf16, usable_cpus
 
 
-def test_usable_cpus_follow_the_affinity_mask() -> None:
-    if not hasattr(os, "sched_getaffinity"):
-        pytest.skip("no sched_getaffinity on this platform")
-    assert usable_cpus() == len(os.sched_getaffinity(0)) >= 1
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow  # a Python subprocess
+def test_a_process_pinned_to_one_cpu_may_use_one() -> None:
+    """As `taskset -c N` or SLURM's CPU binding starts it: the mask is set before the interpreter starts."""
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no sched_setaffinity on this platform")
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2:
+        pytest.skip("this process may use one CPU only: pinning cannot narrow that")
+    cpu = max(allowed)
+    done = subprocess.run([sys.executable, "-c", "from cifar.hardware import usable_cpus; print(usable_cpus())"],
+                          cwd=ROOT, capture_output=True, text=True, check=True, timeout=120,
+                          preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+    assert done.stdout.strip() == "1"
+
+
+def test_usable_cpus_count_the_affinity_mask_not_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5, 9, 11}, raising=False)
+    assert usable_cpus() == 3
+
+
+def test_without_an_affinity_mask_usable_cpus_count_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert usable_cpus() == 6
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # "undeterminable"
+    assert usable_cpus() == 1
 
 
 @pytest.mark.parametrize("cpus, local_processes", [(2, 1), (2, 2), (64, 8), (1, 1)])

@@ -10,6 +10,7 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 
 from cifar import plots
@@ -59,11 +60,29 @@ def test_curves_write_a_png(tmp_path, plot, val):
     assert_png(path)
 
 
-def test_curves_draw_val_only_from_rows_that_have_it(tmp_path):
+def drawn(plot, data, path: Path, monkeypatch) -> tuple[dict[str, tuple[list[float], list[float]]], Figure]:
+    """Call ``plot`` and return what it drew: each line's (x, y) by its label, and the figure."""
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda figure, where: figures.append(figure) or save(figure, where))
+    assert_png(plot(data, path))
+    (figure,) = figures
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in figure.axes[0].lines}
+    return lines, figure
+
+
+def test_curves_draw_val_only_from_rows_that_have_it(tmp_path, monkeypatch):
     data = rows()
     del data[0]["val_loss"], data[2]["val_acc"]
-    assert_png(plot_loss(data, tmp_path / "loss.png"))
-    assert_png(plot_accuracy(data, tmp_path / "acc.png"))
+    epochs = [1, 2, 3, 4]
+    loss, _ = drawn(plot_loss, data, tmp_path / "loss.png", monkeypatch)
+    assert loss == {"train": (epochs, [2.0 / e for e in epochs]), "val": ([2, 3, 4], [2.2 / e for e in (2, 3, 4)]),
+                    "test": (epochs, [2.1 / e for e in epochs])}
+    accuracy, _ = drawn(plot_accuracy, data, tmp_path / "acc.png", monkeypatch)
+    assert accuracy["val"] == ([1, 2, 4], [pytest.approx(17.0 * e) for e in (1, 2, 4)])  # drawn as percentages
+    assert accuracy["train"] == (epochs, [pytest.approx(20.0 * e) for e in epochs])
+    # Without a validation split, no val line at all.
+    assert set(drawn(plot_loss, rows(val=False), tmp_path / "none.png", monkeypatch)[0]) == {"train", "test"}
 
 
 def test_a_single_epoch_and_a_nan_loss_still_plot(tmp_path):
@@ -120,11 +139,20 @@ def test_lr_rejects_bad_input(tmp_path, steps, lrs, message):
         plot_lr(steps, lrs, tmp_path / "lr.png")
 
 
-def test_confusion_matrix_writes_a_png_including_an_empty_class(tmp_path):
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # numpy's "invalid value in divide"
+def test_confusion_matrix_writes_a_png_including_an_empty_class(tmp_path, monkeypatch):
+    """A class with no images is a row of zeros: no division by zero, not even one that only warns."""
     rng = np.random.default_rng(0)
     matrix = rng.integers(0, 1000, (10, 10))
-    matrix[3] = 0  # a class with no images must not divide by zero
-    assert_png(plot_confusion_matrix(matrix, CLASSES, tmp_path / "cm.png"))
+    matrix[3] = 0
+    with np.errstate(all="raise"):
+        _, figure = drawn(lambda m, path: plot_confusion_matrix(m, CLASSES, path), matrix, tmp_path / "cm.png",
+                          monkeypatch)
+    colours = np.asarray(figure.axes[0].images[0].get_array())
+    np.testing.assert_array_equal(colours[3], np.zeros(10))
+    np.testing.assert_allclose(colours.sum(axis=1)[np.arange(10) != 3], 1.0)  # other rows: fractions of their class
+    counts = [text.get_text() for text in figure.axes[0].texts]
+    assert counts == [str(count) for count in matrix.flatten()]
 
 
 @pytest.mark.parametrize(("matrix", "classes", "message"), [

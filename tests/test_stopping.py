@@ -68,17 +68,23 @@ def test_a_sigint_ignored_at_install_stays_ignored() -> None:
         signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.slow
 def test_a_second_sigint_ends_the_process_at_once_with_130_but_a_repeat_of_the_first_does_not() -> None:
-    """In a subprocess: the second SIGINT ends the process it is sent to."""
+    """In a subprocess: the second SIGINT ends the process it is sent to. The stop request reads a fake clock, so
+    that neither a busy machine nor the test's own pace decides which SIGINT is a repeat."""
     script = textwrap.dedent(f"""
-        import os, signal, time
+        import os, signal, time, types
+        import cifar.stopping
         from cifar.stopping import StopRequest
+        now = [1000.0]
+        cifar.stopping.time = types.SimpleNamespace(monotonic=lambda: now[0])
         stop = StopRequest(announce=lambda text: print("announce:", text, flush=True))
         stop.install()
         os.kill(os.getpid(), signal.SIGINT)
+        now[0] += {REPEAT_WINDOW_S} - 0.01
         os.kill(os.getpid(), signal.SIGINT)  # the same interrupt delivered twice, as `timeout -s INT` may
         print("pending:", stop.requested, flush=True)
-        time.sleep({REPEAT_WINDOW_S} + 0.5)
+        now[0] += 0.02  # past the window since the first
         os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C, e.g. while the checkpoint is being written
         time.sleep(10)
         print("still running", flush=True)
@@ -91,6 +97,7 @@ def test_a_second_sigint_ends_the_process_at_once_with_130_but_a_repeat_of_the_f
     assert result.stderr == ""
 
 
+@pytest.mark.slow
 def test_workers_that_ignore_sigterm_do_not_keep_a_failing_process_from_exiting() -> None:
     """multiprocessing's exit handler would SIGTERM the worker and wait for it (here a minute); ours kills it."""
     script = textwrap.dedent("""

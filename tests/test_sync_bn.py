@@ -176,15 +176,18 @@ def test_without_a_process_group_it_is_plain_batch_norm(momentum: float | None) 
     assert sync.num_batches_tracked.item() == 3
 
 
+@pytest.mark.slow  # spawns the 2 processes (the module's runs fixture)
 @pytest.mark.parametrize("scenario", ["even", "even-cumulative"])
 def test_two_processes_train_like_one_process_with_the_whole_batch(runs: dict, scenario: str) -> None:
     _assert_matches_one_process(*runs[scenario])
 
 
+@pytest.mark.slow
 def test_uneven_shards_train_like_one_process_with_the_whole_batch(runs: dict) -> None:
     _assert_matches_one_process(*runs["uneven"])
 
 
+@pytest.mark.slow
 def test_bfloat16_input_gives_bfloat16_close_to_float32(runs: dict) -> None:
     torch.manual_seed(0)
     batch = torch.randn(8, 4, 5, 5) * 2 + 1

@@ -1,19 +1,16 @@
-"""A tiny, learnable CIFAR-like dataset in the image-folder layout, for end-to-end runs of train.py; the tensors
-train.py's evaluation feeds a net; and whether the real dataset's download server answers, for the tests of a
-machine without network."""
+"""A tiny, learnable CIFAR-like dataset in the image-folder layout, for end-to-end runs of train.py, and the
+tensors train.py's evaluation feeds a net."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy as np
 import torch
 from PIL import Image
 
 from cifar.augment import PlainDataset, build_test_transform
-from cifar.data import DOWNLOAD_URL, CifarArrays
+from cifar.data import CifarArrays
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -41,15 +38,6 @@ def write_tiny_cifar(root: Path, train_per_class: int = 24, test_per_class: int 
             for i in range(count):
                 Image.fromarray(class_image(label, rng)).save(folder / f"{i:04d}.png")
     return root
-
-
-def download_host_reachable() -> bool:
-    """Whether CIFAR-10's download server accepts a connection (tests of the offline failure skip where it does)."""
-    try:
-        socket.create_connection((urlsplit(DOWNLOAD_URL).hostname, 443), timeout=2).close()
-    except OSError:
-        return False
-    return True
 
 
 def evaluation_inputs(images: np.ndarray, data: CifarArrays) -> torch.Tensor:
