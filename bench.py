@@ -3,6 +3,7 @@
     python bench.py --data-dir data --model seed002 --batch-size 128 --cpu          # the CPU target
     python bench.py --data-dir data --model c4net --batch-size 512 --cpu --baseline-ref a287748  # vs an old trainer
     python bench.py --data-dir data --model c4net --batch-size 512 --channels-last  # a GPU
+    python bench.py --data-dir data --config recipes/seed002_as_run.yaml --cpu --train-baseline  # accuracy check
 
 Four measurements, all on the same net, batch size and machine, in this run:
   data      our training DataLoader alone (decode-free uint8 arrays -> albumentations -> tensors), images/s
@@ -11,11 +12,19 @@ Four measurements, all on the same net, batch size and machine, in this run:
             `accelerate launch`): the second epoch's training images/s (after warm-up, compilation and worker
             start-up), seconds per 50,000-image epoch, peak memory of the main process
   baseline  a loop written the way the seeds train: a torchvision-style dataset that makes each uint8 image
-            a PIL image and back, albumentations in 2 DataLoader workers, fp32, NCHW, SGD + OneCycle, a
-            host sync (.item()) and a progress-bar update every step; measured first, before this process
-            raises the C allocator's thresholds as train.py does (cifar.allocator)
+            a PIL image and back, albumentations in 2 DataLoader workers, fp32, NCHW, weight decay on every
+            parameter, a host sync (.item()) and a progress-bar update every step; measured first, before this
+            process raises the C allocator's thresholds as train.py does (cifar.allocator)
 and the trainer's images/s as a ratio to the baseline's. With --baseline-ref GIT_REF, also train.py as it was
 at that commit (extracted with git archive), with that version's defaults, and the ratio to it.
+
+--config RECIPE takes the net, batch and augmentation from a train.py recipe, and the baseline's optimizer,
+learning rate, schedule (cifar.schedulers, stepped per batch), loss, epochs and seed too. --train-baseline then
+trains the baseline to the end of the recipe instead of timing it: the plain-loop check of the trainer, the same
+recipe without train.py's machinery (keyed augmentation, no decay on norms and biases, lagged totals,
+channels-last, the torch batch backend, several processes). It prints each epoch's augmented training accuracy
+(counted while training, as the seeds' logs do) and test accuracy, and reports the last epoch's; the other
+measurements are left out.
 """
 
 from __future__ import annotations
@@ -45,13 +54,15 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cifar.allocator import keep_freed_memory
-from cifar.augment import AUGMENT_PRESETS, AugmentedDataset, TrainBatches, build_train_transform, train_loader
+from cifar.augment import (AUGMENT_PRESETS, AugmentedDataset, TrainBatches, build_test_transform, build_train_transform,
+                           train_loader)
 from cifar.batch_augment import BatchAugment, DeviceBatches, resolve_augment_backend
-from cifar.config import AUGMENT_BACKENDS, TrainConfig
-from cifar.data import CifarArrays, CifarDataError, load_cifar
+from cifar.config import AUGMENT_BACKENDS, ConfigError, TrainConfig, parse_config
+from cifar.data import CifarArrays, CifarDataError, load_cifar, stratified_split, stratified_subset
 from cifar.hardware import device_name, native_bf16, peak_memory_mb
 from cifar.nets import DEFAULT_NET, build_net, list_nets
 from cifar.optim import build_optimizer
+from cifar.schedulers import build_schedule
 
 ROOT = Path(__file__).resolve().parent
 FULL_EPOCH = 50_000
@@ -61,8 +72,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--data-dir", default="data", help="CIFAR-10 as train.py reads it")
-    parser.add_argument("--model", default=DEFAULT_NET, choices=list_nets())
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--config", metavar="RECIPE",
+                        help="a train.py recipe (recipes/*.yaml): the net, batch and augmentation of every "
+                             "measurement, and the baseline's optimizer, schedule, loss, epochs and seed; the "
+                             "flags given here win")
+    parser.add_argument("--model", choices=list_nets(), help=f"net (default: the recipe's, else {DEFAULT_NET})")
+    parser.add_argument("--batch-size", type=int, help="global batch (default: the recipe's, else train.py's)")
     parser.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "bf16", "fp16"),
                         help="for the model and trainer measurements (the baseline is always fp32); auto: what "
                              "train.py's auto trains in here")
@@ -72,8 +87,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile the net (model and trainer)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=TrainConfig.channels_last,
                         help="NHWC memory format (model and trainer)")
-    parser.add_argument("--augment", default=TrainConfig.augment, choices=tuple(AUGMENT_PRESETS),
-                        help="augmentation preset (all measurements; the baseline trainer keeps its own default)")
+    parser.add_argument("--augment", choices=tuple(AUGMENT_PRESETS),
+                        help="augmentation preset of all measurements (default: the recipe's, else train.py's)")
     parser.add_argument("--augment-backend", default="auto", choices=AUGMENT_BACKENDS,
                         help="our data pipeline and trainer: albumentations in DataLoader workers, or torch batches "
                              "on the device (auto: torch on a GPU, as train.py decides)")
@@ -87,8 +102,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--baseline-ref", metavar="GIT_REF",
                         help="also time train.py as it was at this commit, side by side: 1 process, its own "
                              "defaults for everything but the data, net, batch size and run length")
+    parser.add_argument("--train-baseline", action="store_true",
+                        help="train the baseline to the end of the recipe and report its final test accuracy and "
+                             "augmented training accuracy, instead of timing a few steps (other measurements off)")
+    parser.add_argument("--epochs", type=int, help="the baseline's epochs with --train-baseline (default: the "
+                                                   "recipe's)")
+    parser.add_argument("--subset", type=int, help="with --train-baseline, train on a stratified subset of N "
+                                                   "training images, the one train.py --subset N picks")
+    parser.add_argument("--seed", type=int, help="with --train-baseline, the seed of the net's init and the "
+                                                 "data order (default: the recipe's)")
     parser.add_argument("--json", type=Path, help="also write the JSON object to this file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # train.py's own parsing layers the recipe under the flags given here and checks the result.
+    flags = {"--config": args.config, "--model": args.model, "--batch-size": args.batch_size,
+             "--augment": args.augment, "--epochs": args.epochs, "--subset": args.subset, "--seed": args.seed}
+    try:
+        args.recipe = parse_config([str(part) for flag, value in flags.items() if value is not None
+                                    for part in (flag, value)])
+    except ConfigError as error:
+        parser.error(str(error))
+    args.model, args.batch_size, args.augment = args.recipe.model, args.recipe.batch_size, args.recipe.augment
+    return args
 
 
 @dataclass
@@ -107,6 +141,8 @@ def main(argv: list[str]) -> int:
     except CifarDataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.train_baseline:
+        return train_baseline(data, args, device)
     needed = (args.warmup + args.steps) * args.batch_size
     if needed > len(data.train_labels) and not {"data", "baseline"} <= set(args.skip):
         print(f"error: --warmup {args.warmup} + --steps {args.steps} batches of {args.batch_size} need {needed:,} "
@@ -126,7 +162,7 @@ def main(argv: list[str]) -> int:
     # The seeds' loop first, same net and batch, for the ratio: it runs as their users run it, before this
     # process changes the C allocator's thresholds (which our own measurements then get, as train.py does).
     if "baseline" not in args.skip:
-        timing = baseline_speed(data, args, device)
+        timing = seed_style_loop(data, args.recipe, device, timed_steps=(args.warmup, args.steps)).timing
         results["baseline_images_per_second"] = timing.images_per_second
         say("seed-style baseline", timing.images_per_second, timing.peak_memory_mb)
     keep_freed_memory()
@@ -161,6 +197,28 @@ def main(argv: list[str]) -> int:
     if "trainer_images_per_second" in results and "ref_trainer_images_per_second" in results:
         results["trainer_vs_ref"] = results["trainer_images_per_second"] / results["ref_trainer_images_per_second"]
         print(f"trainer / trainer at {args.baseline_ref}: {results['trainer_vs_ref']:.2f}x")
+    print(json.dumps(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def train_baseline(data: CifarArrays, args: argparse.Namespace, device: torch.device) -> int:
+    """--train-baseline: the seed-style loop through the whole recipe; one line per epoch, then the JSON object."""
+    cfg = args.recipe
+    print(f"{hardware(device)}; seed-style loop, {cfg.model}, {cfg.epochs} epochs, batch {cfg.batch_size}, "
+          f"{cfg.optimizer} lr {cfg.lr}, {cfg.scheduler} {cfg.scheduler_params or ''}, augment {cfg.augment}, "
+          f"seed {cfg.seed}, fp32", flush=True)
+    run = seed_style_loop(data, cfg, device)
+    last = run.history[-1]
+    results = {"hardware": hardware(device), "torch": torch.__version__, "recipe": args.config,
+               "config": cfg.to_dict(), "train_images": run.train_images,
+               "baseline_images_per_second": run.timing.images_per_second,
+               "baseline_peak_memory_mb": run.timing.peak_memory_mb,
+               "baseline_test_accuracy": last["test_accuracy"], "baseline_train_accuracy": last["train_accuracy"],
+               "baseline_history": run.history}
+    print(f"seed-style loop after {cfg.epochs} epochs: test accuracy {last['test_accuracy']:.2%}, augmented training "
+          f"accuracy {last['train_accuracy']:.2%}, {run.timing.images_per_second:,.0f} img/s training", flush=True)
     print(json.dumps(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
@@ -288,36 +346,102 @@ class SeedStyleCIFAR(Dataset):
         return self.transform(image=image)["image"], int(self.labels[index])
 
 
-def baseline_speed(data: CifarArrays, args: argparse.Namespace, device: torch.device) -> Timing:
-    transform = A.Compose([*build_train_transform(args.augment, data.mean, data.std).transforms, ToTensorV2()])
-    loader = DataLoader(SeedStyleCIFAR(data.train_images, data.train_labels, transform),
-                        batch_size=args.batch_size, shuffle=True, num_workers=2)
-    torch.manual_seed(0)
-    net = with_native_convs(build_net(args.model)).to(device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=len(loader))
-    net.train()
+@dataclass
+class SeedStyleRun:
+    """What ``seed_style_loop`` measured.
+
+    Attributes:
+        timing: training images/s (evaluation left out) and peak memory.
+        history: per finished epoch, ``{"epoch", "train_loss", "train_accuracy", "test_accuracy"}``: the
+            loss and accuracy on the augmented batches as they trained, and the test accuracy after the epoch.
+            Empty for a timed run.
+        train_images: the training images of an epoch.
+        net: the net as trained.
+    """
+
+    timing: Timing
+    history: list[dict[str, float]]
+    train_images: int
+    net: nn.Module
+
+
+def seed_style_loop(data: CifarArrays, cfg: TrainConfig, device: torch.device,
+                    timed_steps: tuple[int, int] | None = None) -> SeedStyleRun:
+    """Train ``cfg`` as the seeds train, in plain PyTorch: see the module docstring for what that means.
+
+    With ``timed_steps=(warmup, steps)`` it times steps ``warmup`` to ``warmup + steps - 1`` of the first epoch
+    and stops there; the schedule then spans one epoch. Otherwise it trains all ``cfg.epochs`` epochs and tests
+    after each, as the seeds' logs do. The training images are train.py's for the same ``val_size``, ``subset``
+    and ``seed``; ``val_size`` images are held out and not used.
+    """
+    train_index, _ = stratified_split(data.train_labels, cfg.val_size, cfg.seed)
+    if cfg.subset is not None:
+        train_index = train_index[stratified_subset(data.train_labels[train_index], cfg.subset, cfg.seed)]
+    train_set = SeedStyleCIFAR(data.train_images[train_index], data.train_labels[train_index], A.Compose(
+        [*build_train_transform(cfg.augment, data.mean, data.std).transforms, ToTensorV2()]))
+    test_set = SeedStyleCIFAR(data.test_images, data.test_labels, A.Compose(
+        [*build_test_transform(data.mean, data.std).transforms, ToTensorV2()]))
+    torch.manual_seed(cfg.seed)  # the init and the shuffle; albumentations in the workers is unseeded, as theirs
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, num_workers=2)
+    net = with_native_convs(build_net(cfg.model)).to(device)
+    optimizer = seed_style_optimizer(net, cfg)
+    epochs = cfg.epochs if timed_steps is None else 1
+    schedule = build_schedule(cfg.scheduler, optimizer, epochs * len(loader), **cfg.scheduler_params)
     reset_peak_memory(device)
-    correct = processed = 0
-    bar = tqdm(loader, file=io.StringIO())  # the seeds' progress bar, updated every step, not shown here
-    for step, (inputs, labels) in enumerate(bar):
-        if step == args.warmup:
-            synchronize(device)
-            start = time.perf_counter()
-        if step == args.warmup + args.steps:
-            break
-        inputs, labels = inputs.to(device), labels.to(device)
-        optimizer.zero_grad()
-        outputs = net(inputs)
-        loss = F.cross_entropy(outputs, labels)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        correct += outputs.argmax(dim=1).eq(labels).sum().item()
-        processed += len(inputs)
-        bar.set_description(f"Loss={loss.item():.4f} Batch_id={step} Accuracy={100 * correct / processed:.2f}")
-    synchronize(device)
-    return Timing(args.steps * args.batch_size / (time.perf_counter() - start), peak_memory_mb(device))
+    history: list[dict[str, float]] = []
+    seconds = 0.0
+    for epoch in range(epochs):
+        net.train()
+        correct = processed = 0
+        loss_sum = 0.0
+        bar = tqdm(loader, file=io.StringIO())  # the seeds' progress bar, updated every step, not shown here
+        start = time.perf_counter()
+        for step, (inputs, labels) in enumerate(bar):
+            if timed_steps is not None and step == timed_steps[0]:
+                synchronize(device)
+                start = time.perf_counter()
+            if timed_steps is not None and step == sum(timed_steps):
+                break
+            inputs, labels = inputs.to(device), labels.to(device)
+            optimizer.zero_grad()
+            outputs = net(inputs)
+            loss = F.cross_entropy(outputs, labels, label_smoothing=cfg.label_smoothing)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            correct += outputs.argmax(dim=1).eq(labels).sum().item()
+            processed += len(inputs)
+            loss_sum += loss.item() * len(inputs)
+            bar.set_description(f"Loss={loss.item():.4f} Batch_id={step} Accuracy={100 * correct / processed:.2f}")
+        synchronize(device)
+        seconds += time.perf_counter() - start
+        if timed_steps is None:
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / processed, "train_accuracy": correct / processed,
+                   "test_accuracy": evaluate_accuracy(net, test_set, cfg.batch_size, device)}
+            history.append(row)
+            print(f"epoch {epoch + 1}/{epochs}: train loss {row['train_loss']:.4f}, augmented train accuracy "
+                  f"{row['train_accuracy']:.2%}, test accuracy {row['test_accuracy']:.2%}", flush=True)
+    images = timed_steps[1] * cfg.batch_size if timed_steps is not None else epochs * len(train_set)
+    return SeedStyleRun(Timing(images / seconds, peak_memory_mb(device)), history, len(train_set), net)
+
+
+def seed_style_optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """``cfg``'s optimizer as the seeds build it, over ``net.parameters()``: weight decay on every parameter,
+    BatchNorm scales and biases included (train.py's ``cifar.optim`` leaves those out)."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def evaluate_accuracy(net: nn.Module, test_set: Dataset, batch_size: int, device: torch.device) -> float:
+    """The share of ``test_set`` that ``net`` classifies right, in eval mode; leaves ``net`` in eval mode."""
+    net.eval()
+    correct = 0
+    with torch.no_grad():
+        for inputs, labels in DataLoader(test_set, batch_size=batch_size, num_workers=2):
+            correct += net(inputs.to(device)).argmax(dim=1).eq(labels.to(device)).sum().item()
+    return correct / len(test_set)
 
 
 def with_native_convs(net: nn.Module) -> nn.Module:

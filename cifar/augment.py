@@ -1,7 +1,9 @@
 """Training augmentations (albumentations), their presets, and Datasets that apply them reproducibly.
 
-A training pipeline is described by ``AugmentSettings``; ``AUGMENT_PRESETS`` names the seeds' pipelines
-(``seed000`` .. ``seed004``), ours (``light``, the default, and ``standard``) and ``none``.
+A training pipeline is described by ``AugmentSettings``; ``AUGMENT_PRESETS`` names the seeds' pipelines as their
+write-ups give them (``seed000`` .. ``seed004``), as one write-up's log shows it ran (``seed002_as_run``), the
+reading that runs shipped in results/ trained with (``seed_16px``), ours (``light``, the default, and
+``standard``) and ``none``.
 ``build_train_transform`` and ``build_test_transform`` turn settings and the training set's mean/std into
 albumentations pipelines.
 
@@ -15,11 +17,12 @@ the number of workers, processes, batch size, or where a resumed run starts.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, get_args
 
 import albumentations as A
 import cv2
@@ -30,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from cifar.data import IMAGE_SHAPE, Stream, keyed_rng, reseed
 
 Border = Literal["reflect", "constant"]
+Fill = Literal["mean", "black"]
 
 # "reflect" mirrors without repeating the edge pixel (cv2.BORDER_REFLECT_101, albumentations 1.x's default for
 # padding and ShiftScaleRotate); "constant" fills with black (albumentations 2.x's default).
@@ -37,6 +41,8 @@ _BORDER_MODES = {"reflect": cv2.BORDER_REFLECT_101, "constant": cv2.BORDER_CONST
 # Colour jitter limits as seed003 sets them: RandomBrightnessContrast(0.2, 0.2), HueSaturationValue(20, 30, 20).
 BRIGHTNESS_LIMIT, CONTRAST_LIMIT = 0.2, 0.2
 HUE_SHIFT_LIMIT, SATURATION_SHIFT_LIMIT, VALUE_SHIFT_LIMIT = 20, 30, 20
+# Most cutout holes a pipeline may ask for: the torch backend draws every hole slot for every sample.
+MAX_CUTOUT_HOLES = 8
 
 
 @dataclass(frozen=True)
@@ -44,24 +50,30 @@ class AugmentSettings:
     """One training pipeline. Steps run in this order, and a step with probability 0 (or ``pad`` 0) is left out:
 
     pad by ``pad`` pixels then random 32x32 crop → horizontal flip → affine (ShiftScaleRotate) → colour jitter
-    (brightness/contrast, then hue/saturation/value) → cutout (one square hole filled with the training mean)
-    → Normalize with the training mean/std.
+    (brightness/contrast, then hue/saturation/value) → cutout (CoarseDropout: rectangular holes) → Normalize with
+    the training mean/std.
 
-    The defaults are albumentations' own defaults for these transforms (ShiftScaleRotate: shift 0.0625,
-    scale 0.1, rotate 45, p 0.5; CoarseDropout p 0.5), i.e. what a write-up that names a transform without
-    its arguments ran.
+    The defaults are albumentations 1.x's ShiftScaleRotate (shift 0.0625, one zoom ±0.1, rotate 45, reflected
+    border, p 0.5) with one 16x16 hole in the mean colour at p 0.5, the hole seed001 and seed003 spell out.
+    ``ALBUMENTATIONS_DEFAULTS`` is what albumentations 2.0.8 itself does for transforms named without arguments.
 
     Attributes:
         pad: pixels added on each side before the random crop back to 32x32 (seed003: 2, i.e. 36x36).
         hflip_p: probability of a horizontal flip.
         affine_p: probability of the affine step.
         shift: largest translation, as a fraction of the side, in x and y independently.
-        scale: zoom drawn from [1 - scale, 1 + scale], the same for both axes (as ShiftScaleRotate did).
+        scale: zoom drawn from [1 - scale, 1 + scale].
         rotate: largest rotation in degrees, either direction.
+        keep_ratio: one zoom for both axes (ShiftScaleRotate in 1.3); False draws the x and y zooms independently
+            (ShiftScaleRotate as a special case of Affine, ``Affine(keep_ratio=False)``, in 1.4.24 and 2.x).
         border: how padding and the affine step fill pixels from outside the image, "reflect" or "constant".
         color_p: probability of each colour step, brightness/contrast ±0.2 and hue/sat/value ±20/30/20.
-        cutout_p: probability of the cutout hole.
-        cutout_size: side of the square hole in pixels.
+        cutout_p: probability of the cutout step.
+        cutout_holes: (fewest, most) holes, the count drawn uniformly between them, both included.
+        cutout_size: range of each hole's height and of its width, drawn independently per hole, in
+            albumentations' convention: whole pixels (both ends included) when the upper end is 1 or more, else
+            fractions of the side (``int(32 * uniform(low, high))`` pixels). (16, 16): a 16x16 square.
+        cutout_fill: "mean" fills holes with the training mean colour, "black" with 0 (albumentations' default).
     """
 
     pad: int = 0
@@ -70,10 +82,13 @@ class AugmentSettings:
     shift: float = 0.0625
     scale: float = 0.1
     rotate: float = 45.0
+    keep_ratio: bool = True
     border: Border = "reflect"
     color_p: float = 0.0
     cutout_p: float = 0.5
-    cutout_size: int = 16
+    cutout_holes: tuple[int, int] = (1, 1)
+    cutout_size: tuple[float, float] = (16, 16)
+    cutout_fill: Fill = "mean"
 
     def __post_init__(self) -> None:
         side = IMAGE_SHAPE[0]
@@ -86,24 +101,62 @@ class AugmentSettings:
             "rotate": (0.0, 180.0, "degrees in [0, 180]"),
             "color_p": (0.0, 1.0, "a probability in [0, 1]"),
             "cutout_p": (0.0, 1.0, "a probability in [0, 1]"),
-            "cutout_size": (1, side, f"an integer in 1..{side}"),
         }
         for name, (low, high, expected) in limits.items():
             value = getattr(self, name)
-            integral = name in ("pad", "cutout_size")
-            if isinstance(value, bool) or not isinstance(value, int if integral else (int, float)):
+            if not _is_number(value, integral=name == "pad"):
                 raise ValueError(f"augment setting {name}={value!r} is not {expected}")
             if not low <= value <= high:
                 raise ValueError(f"augment setting {name}={value!r} is out of range: expected {expected}")
+        if not isinstance(self.keep_ratio, bool):
+            raise ValueError(f"augment setting keep_ratio={self.keep_ratio!r} is not True or False")
         if self.border not in _BORDER_MODES:
             raise ValueError(f"augment setting border={self.border!r} is not one of {sorted(_BORDER_MODES)}")
+        if self.cutout_fill not in get_args(Fill):
+            raise ValueError(f"augment setting cutout_fill={self.cutout_fill!r} is not one of {sorted(get_args(Fill))}")
+        _check_range("cutout_holes", self.cutout_holes, integral=True, low=1, high=MAX_CUTOUT_HOLES,
+                     expected=f"(fewest, most) holes, integers with 1 <= fewest <= most <= {MAX_CUTOUT_HOLES}")
+        size = self.cutout_size
+        pixels = isinstance(size, tuple) and len(size) == 2 and _is_number(size[1]) and size[1] >= 1
+        if pixels:
+            _check_range("cutout_size", size, integral=True, low=1, high=side,
+                         expected=f"a (low, high) range in whole pixels, 1 <= low <= high <= {side}")
+        else:
+            _check_range("cutout_size", size, integral=False, low=0, high=1,
+                         expected="a (low, high) range of fractions of the side, 0 < low <= high < 1",
+                         open_ends=True)
 
 
-# Each seed's pipeline as its write-up describes it. Where a write-up is silent, the albumentations defaults of
-# its time apply: the AugmentSettings defaults, and the 1.x border (reflect) except for seed002, whose log shows
-# albumentations 2.x (constant border). Cutout is one 16x16 hole filled with the mean throughout, as seed001
-# and seed003 spell out (seed003 passes the mean in [0, 1] units to a uint8 image, i.e. near black; we use
-# the mean colour it meant).
+def _is_number(value: object, integral: bool = False) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int if integral else (int, float))
+
+
+def _check_range(name: str, value: object, integral: bool, low: float, high: float, expected: str,
+                 open_ends: bool = False) -> None:
+    """Refuse ``value`` unless it is a (low, high) tuple of numbers with ``low <= value[0] <= value[1] <= high``
+    (both ends strict with ``open_ends``)."""
+    ok = (isinstance(value, tuple) and len(value) == 2 and all(_is_number(v, integral) for v in value)
+          and value[0] <= value[1])
+    if ok:
+        first, last = value  # type: ignore[misc]
+        ok = low < first and last < high if open_ends else low <= first and last <= high
+    if not ok:
+        raise ValueError(f"augment setting {name}={value!r} is not {expected}")
+
+
+# albumentations 2.0.8's own defaults, what HorizontalFlip(), ShiftScaleRotate() and CoarseDropout() do when a
+# write-up names them without arguments (tests/test_augment.py builds those and compares): flip p 0.5;
+# ShiftScaleRotate shift 0.0625, scale 0.1 per axis, rotate 45, constant (black) border, p 0.5; CoarseDropout 1-2
+# holes, each side 10-20% of the image's (3-6 pixels here), filled with 0, p 0.5.
+ALBUMENTATIONS_DEFAULTS = AugmentSettings(keep_ratio=False, border="constant", cutout_holes=(1, 2),
+                                          cutout_size=(0.1, 0.2), cutout_fill="black")
+
+# Each seed's pipeline as its write-up describes it, and as its log shows it ran where that differs. A write-up
+# that names a transform without arguments gets the library's defaults. The silent ones (seed000, seed004) show
+# no version: they get 2.0.8's (ALBUMENTATIONS_DEFAULTS), the version this project installs and the one seed002's
+# log shows for the same assignment. Older defaults differ: 1.3's CoarseDropout is 8 holes of 8x8 and 1.4.24's one
+# 8x8 hole, both with a reflected border. seed003 passes the mean in [0, 1] units to a uint8 image as its hole
+# colour, i.e. near black; we use the mean colour it meant.
 AUGMENT_PRESETS: Mapping[str, AugmentSettings] = MappingProxyType(
     {
         # Our first: flip, a milder affine than albumentations' 45 degrees (seed003's limits), cutout p 0.5. Named
@@ -113,18 +166,28 @@ AUGMENT_PRESETS: Mapping[str, AugmentSettings] = MappingProxyType(
         # (recipe search, results/README.md).
         "light": AugmentSettings(shift=0.0625, scale=0.05, rotate=10.0, cutout_p=0.25),
         "none": AugmentSettings(hflip_p=0.0, affine_p=0.0, cutout_p=0.0),
-        # Names the three transforms only.
-        "seed000": AugmentSettings(),
-        # Spells out the hole (1 hole, 16x16, mean fill); flip and ShiftScaleRotate without arguments.
+        # Names the three transforms only: the library's defaults.
+        "seed000": ALBUMENTATIONS_DEFAULTS,
+        # Spells out the hole (1 hole, 16x16, mean fill) in 1.x's argument names (max_holes, ...); flip and
+        # ShiftScaleRotate without arguments, so 1.x's defaults for them (reflected border; one zoom, as 1.3 drew).
         "seed001": AugmentSettings(),
-        # Flip p=0.5, ShiftScaleRotate p=0.7, 16x16 cutout p=0.5. (Its log shows albumentations 2.x ignored
-        # the 1.x CoarseDropout arguments it passed; we reproduce the documented intent.)
+        # Flip p=0.5, ShiftScaleRotate p=0.7, 16x16 cutout p=0.5 as written, with 2.x's constant border (its log
+        # shows 2.x). The log also shows 2.x ignoring the CoarseDropout arguments it passed: see seed002_as_run.
         "seed002": AugmentSettings(affine_p=0.7, border="constant"),
+        # What seed002's log shows ran (002 l.160-163): albumentations 2.x warned that ShiftScaleRotate is a
+        # special case of Affine and that CoarseDropout's 'num_holes, max_h_size, max_w_size, min_h_size,
+        # min_w_size, fill_value' are not valid, so the hole was CoarseDropout's 2.x default (1-2 holes of 10-20%
+        # of the side, black), and ShiftScaleRotate, with no argument shown, 2.x's defaults at the written p 0.7.
+        "seed002_as_run": dataclasses.replace(ALBUMENTATIONS_DEFAULTS, affine_p=0.7),
         # PadIfNeeded(36) + RandomCrop(32), flip, ShiftScaleRotate(0.1, 0.1, 15, p=0.5), colour jitter at 0.5,
         # CoarseDropout without p (0.5).
         "seed003": AugmentSettings(pad=2, shift=0.1, scale=0.1, rotate=15.0, color_p=0.5),
-        # Names the three transforms only.
-        "seed004": AugmentSettings(),
+        # Names the three transforms only: the library's defaults.
+        "seed004": ALBUMENTATIONS_DEFAULTS,
+        # seed000's and seed004's reading until issue 24, the same pipeline as seed001: 1.x's flip and
+        # ShiftScaleRotate defaults with one 16x16 mean-coloured hole. Kept while runs trained with it are shipped:
+        # results/seed000-30ep-h200-seed0, seed000_rf45-30ep-h200-seed0 and seed004-30ep-h200-seed0.
+        "seed_16px": AugmentSettings(),
     }
 )
 
@@ -167,13 +230,14 @@ def build_train_transform(augment: str | AugmentSettings, mean: Sequence[float],
     if settings.hflip_p:
         steps.append(A.HorizontalFlip(p=settings.hflip_p))
     if settings.affine_p:
-        # ShiftScaleRotate in albumentations 2.x is a deprecated Affine; keep_ratio restores its single zoom.
+        # ShiftScaleRotate in albumentations 2.x is a deprecated Affine(keep_ratio=False); keep_ratio=True gives
+        # 1.3's single zoom.
         steps.append(
             A.Affine(
                 translate_percent=(-settings.shift, settings.shift),
                 scale=(1.0 - settings.scale, 1.0 + settings.scale),
                 rotate=(-settings.rotate, settings.rotate),
-                keep_ratio=True,
+                keep_ratio=settings.keep_ratio,
                 border_mode=border,
                 p=settings.affine_p,
             )
@@ -188,18 +252,23 @@ def build_train_transform(augment: str | AugmentSettings, mean: Sequence[float],
             ),
         ]
     if settings.cutout_p:
-        size = (settings.cutout_size, settings.cutout_size)
         steps.append(
             A.CoarseDropout(
-                num_holes_range=(1, 1),
-                hole_height_range=size,
-                hole_width_range=size,
-                fill=tuple(round(255 * value) for value in mean),  # the image is still uint8 here
+                num_holes_range=settings.cutout_holes,
+                hole_height_range=settings.cutout_size,
+                hole_width_range=settings.cutout_size,
+                fill=cutout_colour(settings, mean),
                 p=settings.cutout_p,
             )
         )
     steps.append(A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0))
     return A.Compose(steps)
+
+
+def cutout_colour(settings: AugmentSettings, mean: Sequence[float]) -> tuple[int, ...]:
+    """The holes' colour in uint8 levels (the image is still uint8 when the holes are cut): the training mean
+    ([0, 1] units) rounded, or black."""
+    return tuple(round(255 * value) if settings.cutout_fill == "mean" else 0 for value in mean)
 
 
 def build_test_transform(mean: Sequence[float], std: Sequence[float]) -> A.Compose:

@@ -15,8 +15,8 @@ Design:
   not depend on the batch size, the number of processes or where a resumed run starts, and nothing is reseeded
   per sample (``cifar.data.reseed``: about 15 us per image on the albumentations path, before any pixel work).
 * Float pixel work. After one uint8 gather, which also does the pad-and-crop and the flip, the steps work on
-  float32 pixel values 0..255, so the constants (translations in pixels, brightness in grey levels, the mean
-  colour of the hole) are albumentations' own, and nothing is rounded between steps.
+  float32 pixel values 0..255, so the constants (translations in pixels, brightness in grey levels, the holes'
+  colour) are albumentations' own, and nothing is rounded between steps.
 * No Python loop over samples. On a GPU a step that applies to some samples runs on the whole batch, and
   ``torch.where`` keeps its result where the sample's flag is set: choosing the subset would need its size on
   the host, i.e. the host waiting for the device. Nothing in a batch makes the host wait (the constants and the
@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -62,6 +63,7 @@ from cifar.augment import (
     augment_settings,
     check_arrays,
     check_stats,
+    cutout_colour,
 )
 from cifar.data import IMAGE_SHAPE, Stream, keyed_rng
 
@@ -74,16 +76,17 @@ _SEXTANTS_PER_HUE_UNIT = 2 / 60
 
 @dataclass(frozen=True)
 class SampleParams:
-    """Random choices for a set of samples, one float32 entry per sample in every field.
+    """Random choices for a set of samples: one float32 entry per sample in every field, except the hole fields
+    (``SLOT_FIELDS``), which have one column per hole slot, ``(n, most holes)``.
 
-    Flags are 0.0 or 1.0; offsets and translations are whole numbers (exact in float32), in pixels.
+    Flags are 0.0 or 1.0; counts, offsets, translations and sizes are whole numbers (exact in float32), in pixels.
 
     Attributes:
         crop_y, crop_x: top-left corner of the 32x32 window in the image padded by ``pad``, in 0..2*pad.
         flip: horizontal flip.
         affine: the affine step applies.
         shift_x, shift_y: translation in pixels, ``int(uniform(-shift, shift) * 32)``.
-        zoom: one zoom for both axes, in [1 - scale, 1 + scale].
+        zoom_x, zoom_y: zoom of each axis, in [1 - scale, 1 + scale]; equal where the settings keep the ratio.
         angle: rotation in degrees, in [-rotate, rotate] (positive: counter-clockwise, as albumentations).
         brightness_contrast: the brightness/contrast step applies.
         contrast: the factor alpha, in 1 ± 0.2.
@@ -92,9 +95,13 @@ class SampleParams:
         hue: hue shift in OpenCV 8-bit units (2 degrees), ±20.
         saturation: saturation shift in 0..255 units, ±30.
         value: value shift in grey levels, ±20.
-        cutout: the hole applies.
-        cutout_y, cutout_x: top-left corner of the hole, in 0..32 - cutout_size.
+        cutout: the cutout step applies.
+        holes: how many holes it cuts: slots 0..holes-1 apply.
+        cutout_y, cutout_x: each slot's top-left corner, in 0..32 - its height (width).
+        cutout_h, cutout_w: each slot's height and width in pixels.
     """
+
+    SLOT_FIELDS: ClassVar[tuple[str, ...]] = ("cutout_y", "cutout_x", "cutout_h", "cutout_w")
 
     crop_y: torch.Tensor
     crop_x: torch.Tensor
@@ -102,7 +109,8 @@ class SampleParams:
     affine: torch.Tensor
     shift_x: torch.Tensor
     shift_y: torch.Tensor
-    zoom: torch.Tensor
+    zoom_x: torch.Tensor
+    zoom_y: torch.Tensor
     angle: torch.Tensor
     brightness_contrast: torch.Tensor
     contrast: torch.Tensor
@@ -112,17 +120,27 @@ class SampleParams:
     saturation: torch.Tensor
     value: torch.Tensor
     cutout: torch.Tensor
+    holes: torch.Tensor
     cutout_y: torch.Tensor
     cutout_x: torch.Tensor
+    cutout_h: torch.Tensor
+    cutout_w: torch.Tensor
 
     def table(self) -> torch.Tensor:
-        """The fields as the columns of one ``(n, fields)`` float32 tensor, so that a batch is one gather."""
-        return torch.stack([getattr(self, field.name) for field in dataclasses.fields(self)], dim=1)
+        """The fields as the columns of one ``(n, columns)`` float32 tensor, so that a batch is one gather."""
+        return torch.cat([getattr(self, field.name).reshape(len(self.flip), -1) for field in dataclasses.fields(self)],
+                         dim=1)
 
     @classmethod
     def from_table(cls, table: torch.Tensor) -> SampleParams:
         """The inverse of ``table``: its columns (views, no copy) as fields; ``table()`` of the result copies."""
-        return cls(*table.unbind(dim=1))
+        names = [field.name for field in dataclasses.fields(cls)]
+        singles = len(names) - len(cls.SLOT_FIELDS)  # the slot fields come last, one block of columns each
+        slots = (table.shape[1] - singles) // len(cls.SLOT_FIELDS)
+        widths = [1] * singles + [slots] * len(cls.SLOT_FIELDS)
+        parts = table.split(widths, dim=1)
+        return cls(*(part.squeeze(1) if name not in cls.SLOT_FIELDS else part
+                     for name, part in zip(names, parts, strict=True)))
 
     def select(self, rows: torch.Tensor) -> SampleParams:
         """The choices of the samples at positions ``rows`` (int64)."""
@@ -151,14 +169,15 @@ def _draw_table(settings: AugmentSettings, seed: int, epoch: int, n: int) -> tor
     def uniform(limit: float) -> np.ndarray:
         return rng.uniform(-limit, limit, n)
 
-    columns = {
+    columns: dict[str, np.ndarray] = {
         "crop_y": rng.integers(0, 2 * settings.pad + 1, n),
         "crop_x": rng.integers(0, 2 * settings.pad + 1, n),
         "flip": coin(settings.hflip_p),
         "affine": coin(settings.affine_p),
         "shift_x": np.trunc(uniform(settings.shift) * _SIDE),
         "shift_y": np.trunc(uniform(settings.shift) * _SIDE),
-        "zoom": 1.0 + uniform(settings.scale),
+        "zoom_x": 1.0 + uniform(settings.scale),
+        "zoom_y": 1.0 + uniform(settings.scale),
         "angle": uniform(settings.rotate),
         "brightness_contrast": coin(settings.color_p),
         "contrast": 1.0 + uniform(CONTRAST_LIMIT),
@@ -168,11 +187,29 @@ def _draw_table(settings: AugmentSettings, seed: int, epoch: int, n: int) -> tor
         "saturation": uniform(SATURATION_SHIFT_LIMIT),
         "value": uniform(VALUE_SHIFT_LIMIT),
         "cutout": coin(settings.cutout_p),
-        "cutout_y": rng.integers(0, _SIDE - settings.cutout_size + 1, n),
-        "cutout_x": rng.integers(0, _SIDE - settings.cutout_size + 1, n),
+        "holes": rng.integers(settings.cutout_holes[0], settings.cutout_holes[1] + 1, n),
     }
-    table = np.stack([columns[field.name] for field in dataclasses.fields(SampleParams)], axis=1, dtype=np.float32)
+    if settings.keep_ratio:  # drawn all the same, so that the keep_ratio switch moves no other choice
+        columns["zoom_y"] = columns["zoom_x"]
+    slots = [_draw_hole(rng, settings.cutout_size, n) for _ in range(settings.cutout_holes[1])]
+    for position, name in enumerate(SampleParams.SLOT_FIELDS):
+        columns[name] = np.stack([slot[position] for slot in slots], axis=1)
+    table = np.concatenate([columns[field.name].reshape(n, -1).astype(np.float32)
+                            for field in dataclasses.fields(SampleParams)], axis=1)
     return torch.from_numpy(table)
+
+
+def _draw_hole(rng: np.random.Generator, size: tuple[float, float], n: int) -> tuple[np.ndarray, ...]:
+    """One hole slot for ``n`` samples, as CoarseDropout draws a hole: height and width from ``size`` (whole
+    pixels when its upper end is 1 or more, else fractions of the side, truncated), then a corner that keeps the
+    hole inside the image. Returns (y, x, height, width)."""
+    low, high = size
+    if high >= 1:
+        height, width = rng.integers(int(low), int(high) + 1, n), rng.integers(int(low), int(high) + 1, n)
+    else:
+        height = np.trunc(_SIDE * rng.uniform(low, high, n)).astype(np.int64)
+        width = np.trunc(_SIDE * rng.uniform(low, high, n)).astype(np.int64)
+    return rng.integers(0, _SIDE - height + 1), rng.integers(0, _SIDE - width + 1), height, width
 
 
 class BatchAugment:
@@ -181,7 +218,8 @@ class BatchAugment:
     Args:
         augment: a name in ``AUGMENT_PRESETS`` or ``AugmentSettings``.
         mean, std: per-channel statistics in [0, 1] units (``CifarArrays.mean``/``.std``); the mean is also
-            the cutout colour (``round(255 * mean)``, as the albumentations pipeline fills its uint8 image).
+            the holes' colour where the settings fill with it (``cutout_colour``, as the albumentations
+            pipeline fills its uint8 image).
         seed: the run seed.
         n: the number of training samples (the indices given are in ``0..n-1``).
 
@@ -196,9 +234,9 @@ class BatchAugment:
         if n < 1:
             raise ValueError(f"BatchAugment needs at least one training sample, got n={n!r}")
         self.seed, self.n = seed, n
-        # Normalize as albumentations does, (x - 255 * mean) * (1 / (255 * std)); fill the hole with the mean colour.
+        # Normalize as albumentations does, (x - 255 * mean) * (1 / (255 * std)); the holes' colour.
         self._constants = torch.tensor([[255.0 * m for m in mean], [1 / (255.0 * s) for s in std],
-                                        [float(round(255 * m)) for m in mean]])
+                                        [float(level) for level in cutout_colour(self.settings, mean)]])
         self._epoch_table: tuple[int, torch.device, torch.Tensor] | None = None
 
     def params(self, epoch: int, device: torch.device | str = "cpu") -> SampleParams:
@@ -282,23 +320,29 @@ class BatchAugment:
         The grid is what ``F.affine_grid`` computes, built elementwise: its batched matmul costs more than the
         sampling on a busy CPU with several threads, and elementwise each sample's grid is the same in any batch.
         """
+        # albumentations maps input to output as centre + shift + R @ diag(zoom_x, zoom_y) @ (input - centre), so
+        # the way back divides each axis by its own zoom after rotating back.
         radians = torch.deg2rad(params.angle)
-        cos, sin = (torch.cos(radians) / params.zoom)[:, None, None], (torch.sin(radians) / params.zoom)[:, None, None]
+        cos, sin = torch.cos(radians)[:, None, None], torch.sin(radians)[:, None, None]
         centres = torch.linspace(-1.0, 1.0, _SIDE, device=x.device)
         unit = 2 / (_SIDE - 1)  # pixels to grid units
         from_x = (centres - params.shift_x[:, None] * unit)[:, None, :]  # (B, 1, W): output x minus the shift
         from_y = (centres - params.shift_y[:, None] * unit)[:, :, None]  # (B, H, 1)
-        grid = torch.stack([cos * from_x - sin * from_y, sin * from_x + cos * from_y], dim=-1)
+        grid = torch.stack([(cos * from_x - sin * from_y) / params.zoom_x[:, None, None],
+                            (sin * from_x + cos * from_y) / params.zoom_y[:, None, None]], dim=-1)
         padding = "reflection" if self.settings.border == "reflect" else "zeros"
         return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=True)
 
     def _hole(self, params: SampleParams, device: torch.device) -> torch.Tensor:
-        """Where the hole is, bool ``(B, 1, 32, 32)``: false everywhere for a sample without one."""
+        """Where the holes are, bool ``(B, 1, 32, 32)``: false everywhere for a sample without any."""
         steps = torch.arange(_SIDE, device=device)
-        size = self.settings.cutout_size
-        in_rows = (steps >= params.cutout_y[:, None]) & (steps < params.cutout_y[:, None] + size)
-        in_cols = (steps >= params.cutout_x[:, None]) & (steps < params.cutout_x[:, None] + size)
-        return _per_sample(params.cutout > 0) & (in_rows[:, :, None] & in_cols[:, None, :])[:, None]
+        slots = params.cutout_y.shape[1]
+        applies = (params.cutout[:, None] > 0) & (torch.arange(slots, device=device) < params.holes[:, None])
+        top, left = params.cutout_y[..., None], params.cutout_x[..., None]  # (B, slots, 1)
+        in_rows = (steps >= top) & (steps < top + params.cutout_h[..., None])  # (B, slots, 32)
+        in_cols = (steps >= left) & (steps < left + params.cutout_w[..., None])
+        inside = in_rows[..., :, None] & in_cols[..., None, :] & applies[..., None, None]  # (B, slots, 32, 32)
+        return inside.any(dim=1, keepdim=True)
 
 
 def _where_flagged(flags: torch.Tensor, step: Callable[[torch.Tensor, SampleParams], torch.Tensor], x: torch.Tensor,

@@ -6,12 +6,14 @@ import dataclasses
 import pickle
 import warnings
 
+import albumentations as A
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from cifar.augment import (
+    ALBUMENTATIONS_DEFAULTS,
     AUGMENT_PRESETS,
     AugmentedDataset,
     AugmentSettings,
@@ -55,7 +57,7 @@ def step_names(augment: str | AugmentSettings) -> list[str]:
 
 
 def test_presets_are_named_like_the_nets() -> None:
-    assert set(AUGMENT_PRESETS) == {"standard", "light", "none", *SEED_PRESETS}
+    assert set(AUGMENT_PRESETS) == {"standard", "light", "none", *SEED_PRESETS, "seed002_as_run", "seed_16px"}
 
 
 def test_presets_build_the_seeds_pipelines_without_warnings() -> None:
@@ -65,7 +67,7 @@ def test_presets_build_the_seeds_pipelines_without_warnings() -> None:
             build_train_transform(name, MEAN, STD)
         build_test_transform(MEAN, STD)
     three = ["HorizontalFlip", "Affine", "CoarseDropout", "Normalize"]
-    for name in ("standard", "seed000", "seed001", "seed002", "seed004"):
+    for name in ("standard", "seed000", "seed001", "seed002", "seed002_as_run", "seed004", "seed_16px"):
         assert step_names(name) == three, name
     assert step_names("none") == ["Normalize"]
     assert step_names("seed003") == [
@@ -90,7 +92,15 @@ def test_unknown_preset_lists_the_choices() -> None:
     ("field", "value", "message"),
     [
         ("hflip_p", 1.5, r"hflip_p=1.5 is out of range: expected a probability in \[0, 1\]"),
-        ("cutout_size", 0, "cutout_size=0 is out of range"),
+        ("cutout_size", (0, 16), r"cutout_size=\(0, 16\) is not a \(low, high\) range in whole pixels"),
+        ("cutout_size", (16, 12), r"cutout_size=\(16, 12\) is not a \(low, high\) range in whole pixels"),
+        ("cutout_size", (0.2, 0.1), r"cutout_size=\(0.2, 0.1\) is not a \(low, high\) range of fractions"),
+        ("cutout_size", (0.5, 16.0), r"cutout_size=\(0.5, 16.0\) is not a \(low, high\) range in whole pixels"),
+        ("cutout_size", 16, r"cutout_size=16 is not a \(low, high\) range of fractions"),
+        ("cutout_holes", (2, 1), r"cutout_holes=\(2, 1\) is not \(fewest, most\) holes"),
+        ("cutout_holes", (1, 9), r"cutout_holes=\(1, 9\) is not \(fewest, most\) holes"),
+        ("cutout_fill", "grey", r"cutout_fill='grey' is not one of \['black', 'mean'\]"),
+        ("keep_ratio", 1, "keep_ratio=1 is not True or False"),
         ("pad", 2.5, "pad=2.5 is not an integer"),
         ("border", "wrap", r"border='wrap' is not one of \['constant', 'reflect'\]"),
     ],
@@ -229,7 +239,7 @@ def test_train_batches_resume_at_a_step() -> None:
 # ---------------------------------------------------------------- what the steps do
 
 
-@pytest.mark.parametrize("preset", ["standard", *SEED_PRESETS])
+@pytest.mark.parametrize("preset", ["standard", "light", "seed001", "seed002", "seed003", "seed_16px"])
 def test_cutout_is_one_16x16_hole_in_the_mean_colour(preset: str) -> None:
     constant = np.full((40, 32, 32, 3), (200, 30, 90), np.uint8)
     settings = dataclasses.replace(AUGMENT_PRESETS[preset], pad=0, hflip_p=0.0, affine_p=0.0, color_p=0.0, cutout_p=1.0)
@@ -273,3 +283,74 @@ def test_steps_draw_independent_numbers(images: np.ndarray) -> None:
         hole = (out == 0).all(axis=-1)
         both += hole.any() and np.array_equal(out[~hole], image[0, :, ::-1][~hole])
     assert abs(both / n - 0.25) < 0.04
+
+
+# ---------------------------------------------------------------- the library's own pipelines
+
+
+def literal_pipeline(*steps: A.BasicTransform) -> A.Compose:
+    """A pipeline as a seed write-up would build it with albumentations 2.0.8, normalizing last."""
+    return A.Compose([*steps, A.Normalize(mean=MEAN, std=STD)])
+
+
+def assert_same_samples(ours: A.Compose, theirs: A.Compose, images: np.ndarray) -> None:
+    """Both pipelines give every sample the same tensor when seeded alike: the same steps drawing the same numbers.
+    Also checks that the samples were augmented (a pipeline that did nothing would match another such)."""
+    labels = np.zeros(len(images), np.int64)
+    ours_set, theirs_set = (AugmentedDataset(images, labels, pipeline, seed=5) for pipeline in (ours, theirs))
+    changed = 0
+    for index in range(len(images)):
+        sample = ours_set[(0, index)][0]
+        torch.testing.assert_close(sample, theirs_set[(0, index)][0], rtol=0, atol=0)
+        changed += not np.array_equal(pixels(sample), images[index])
+    assert changed > len(images) // 2
+
+
+@pytest.mark.parametrize("preset", ["seed000", "seed004"])
+def test_silent_write_ups_get_albumentations_own_defaults(images: np.ndarray, preset: str) -> None:
+    """seed000 and seed004 name flip, ShiftScaleRotate and CoarseDropout without arguments: their presets are what
+    the installed albumentations builds from exactly that."""
+    assert AUGMENT_PRESETS[preset] == ALBUMENTATIONS_DEFAULTS
+    with pytest.warns(UserWarning, match="ShiftScaleRotate is a special case of Affine"):
+        theirs = literal_pipeline(A.HorizontalFlip(), A.ShiftScaleRotate(), A.CoarseDropout())
+    many = np.concatenate([images] * 6)  # 288 samples: every combination of the three coins many times
+    assert_same_samples(build_train_transform(preset, MEAN, STD), theirs, many)
+
+
+def test_seed002_as_run_is_what_its_log_shows(images: np.ndarray) -> None:
+    """seed002's write-up (l.71-74) with the arguments its log shows albumentations 2.x ignoring (l.160-163): the
+    two warnings come out word for word, and the pipeline that results is the seed002_as_run preset."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        theirs = literal_pipeline(
+            A.HorizontalFlip(p=0.5),
+            A.ShiftScaleRotate(p=0.7),
+            # The arguments l.162 names, with 16x16 holes (l.73) in the mean colour.
+            A.CoarseDropout(num_holes=1, max_h_size=16, max_w_size=16, min_h_size=16, min_w_size=16,
+                            fill_value=MEAN, p=0.5),
+        )
+    messages = {str(warning.message) for warning in caught}
+    assert messages == {  # 002 l.160 and l.162
+        "ShiftScaleRotate is a special case of Affine transform. Please use Affine transform instead.",
+        "Argument(s) 'num_holes, max_h_size, max_w_size, min_h_size, min_w_size, fill_value' are not valid for "
+        "transform CoarseDropout",
+    }
+    many = np.concatenate([images] * 6)
+    assert_same_samples(build_train_transform("seed002_as_run", MEAN, STD), theirs, many)
+
+
+def test_as_run_holes_are_one_or_two_black_rectangles_of_3_to_6_pixels(images: np.ndarray) -> None:
+    settings = dataclasses.replace(AUGMENT_PRESETS["seed002_as_run"], hflip_p=0.0, affine_p=0.0, cutout_p=1.0)
+    n = 400
+    many = np.concatenate([images] * (n // len(images) + 1))[:n]  # no zero pixel: a hole is where the zeros are
+    dataset = AugmentedDataset(many, np.zeros(n, np.int64), build_train_transform(settings, MEAN, STD), seed=3)
+    areas = []
+    for index in range(n):
+        hole = (pixels(dataset[(0, index)][0]) == 0).all(axis=-1)
+        rows, cols = np.flatnonzero(hole.any(axis=1)), np.flatnonzero(hole.any(axis=0))
+        assert 9 <= hole.sum() <= 72 and 3 <= len(rows) and 3 <= len(cols), index
+        areas.append(hole.sum())
+    # One hole covers 9 to 36 pixels, a side's mean 4.3 (3 at p 0.25, 4 and 5 at 0.3125, 6 at 0.125), so about 19;
+    # half the draws cut two: about 27 on average. Only two holes can cover more than 36.
+    areas = np.array(areas)
+    assert 24 < areas.mean() < 30 and (areas > 36).mean() > 0.1

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from albumentations.augmentations.dropout import functional as fdropout
 from albumentations.augmentations.geometric import functional as fgeometric
 from albumentations.augmentations.pixel import functional as fpixel
 from torch.utils.data import DataLoader
@@ -57,12 +58,14 @@ def smooth_images(n: int, seed: int = 0) -> np.ndarray:
     return np.clip(np.stack(coarse).astype(int) + rng.integers(-10, 10, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
 
 
-def given_params(n: int, **columns: np.ndarray | float) -> SampleParams:
-    """Parameters that change nothing, except the columns given."""
-    identity = {field.name: 0.0 for field in dataclasses.fields(SampleParams)} | {"zoom": 1.0, "contrast": 1.0}
+def given_params(n: int, slots: int = 1, **columns: np.ndarray | float) -> SampleParams:
+    """Parameters that change nothing, except the columns given; the hole fields are ``(n, slots)``."""
+    identity = {field.name: 0.0 for field in dataclasses.fields(SampleParams)} | {"zoom_x": 1.0, "zoom_y": 1.0,
+                                                                                 "contrast": 1.0}
     values = identity | columns
-    return SampleParams(**{name: torch.tensor(np.broadcast_to(value, (n,)), dtype=torch.float32)
-                           for name, value in values.items()})
+    return SampleParams(**{name: torch.tensor(np.broadcast_to(
+        value, (n, slots) if name in SampleParams.SLOT_FIELDS else (n,)), dtype=torch.float32)
+        for name, value in values.items()})
 
 
 def batch_pixels(augment: BatchAugment, images: np.ndarray, epoch: int = 0) -> np.ndarray:
@@ -109,7 +112,8 @@ def assert_rate(hits: np.ndarray, p: float, what: str) -> None:
 
 
 def test_unknown_preset_lists_the_choices() -> None:
-    choices = "choose one of standard, light, none, seed000, seed001, seed002, seed003, seed004"
+    choices = ("choose one of standard, light, none, seed000, seed001, seed002, seed002_as_run, seed003, seed004, "
+               "seed_16px")
     with pytest.raises(ValueError, match=f"unknown augment preset 'seed009': {choices}"):
         BatchAugment("seed009", MEAN, STD, seed=0, n=10)
     with pytest.raises(ValueError, match=r"mean and std must be 3 per-channel values in \[0, 1\] units"):
@@ -145,14 +149,17 @@ def test_sample_params_are_a_pure_function_of_seed_epoch_index() -> None:
     # Ranges as albumentations draws them: crops 0..2*pad, whole-pixel shifts truncated towards 0.
     assert set(params.crop_y.tolist()) == set(params.crop_x.tolist()) == {0, 1, 2, 3, 4}
     assert set(params.shift_x.tolist()) == set(params.shift_y.tolist()) == set(range(-3, 4))  # int(±3.2)
-    assert 0.9 <= params.zoom.min() < 0.91 and 1.09 < params.zoom.max() <= 1.1
+    assert 0.9 <= params.zoom_x.min() < 0.91 and 1.09 < params.zoom_x.max() <= 1.1
+    assert torch.equal(params.zoom_y, params.zoom_x)  # seed003 keeps the ratio: one zoom
     assert -15 <= params.angle.min() < -14.9 and 14.9 < params.angle.max() <= 15
-    assert set(params.cutout_y.tolist()) == set(params.cutout_x.tolist()) == set(range(17))
+    assert params.cutout_y.shape == (5000, 1) and set(params.holes.tolist()) == {1}
+    assert set(params.cutout_y.flatten().tolist()) == set(params.cutout_x.flatten().tolist()) == set(range(17))
+    assert set(params.cutout_h.flatten().tolist()) == set(params.cutout_w.flatten().tolist()) == {16}
     # The flags are independent coins: flip and affine together about a quarter of the time.
     assert_rate((params.flip * params.affine).numpy(), 0.25, "flip and affine")
 
 
-@pytest.mark.parametrize("preset", ["standard", "seed002", "seed003"])
+@pytest.mark.parametrize("preset", ["standard", "seed002", "seed002_as_run", "seed003"])
 def test_a_sample_is_the_same_in_any_batch(images: np.ndarray, preset: str) -> None:
     augment = BatchAugment(dataclasses.replace(AUGMENT_PRESETS[preset], color_p=0.5), MEAN, STD, seed=7,
                            n=len(images))
@@ -207,16 +214,18 @@ def test_affine_matches_albumentations_warp(border: str, cv2_border: int) -> Non
     n = 64
     images = smooth_images(n)
     rng = np.random.default_rng(1)
-    columns = {"affine": 1.0, "zoom": rng.uniform(0.9, 1.1, n), "angle": rng.uniform(-45, 45, n),
-               "shift_x": rng.integers(-3, 4, n).astype(float), "shift_y": rng.integers(-3, 4, n).astype(float)}
+    # A zoom per axis (ShiftScaleRotate in 2.x): a swapped or shared zoom is off by many levels once rotated.
+    columns = {"affine": 1.0, "zoom_x": rng.uniform(0.9, 1.1, n), "zoom_y": rng.uniform(0.9, 1.1, n),
+               "angle": rng.uniform(-45, 45, n), "shift_x": rng.integers(-3, 4, n).astype(float),
+               "shift_y": rng.integers(-3, 4, n).astype(float)}
     params = given_params(n, **columns)
     settings = dataclasses.replace(NOTHING, affine_p=1.0, border=border)  # type: ignore[arg-type]
     out = BatchAugment(settings, *IDENTITY_STATS, seed=0, n=n).apply(torch.from_numpy(images), params)
     for i, image in enumerate(images):
-        zoom, angle = float(columns["zoom"][i]), float(columns["angle"][i])
+        zoom = {"x": float(columns["zoom_x"][i]), "y": float(columns["zoom_y"][i])}
         matrix = fgeometric.create_affine_transformation_matrix(
             {"x": columns["shift_x"][i], "y": columns["shift_y"][i]}, {"x": 0.0, "y": 0.0},
-            {"x": zoom, "y": zoom}, angle, fgeometric.center((32, 32)))
+            zoom, float(columns["angle"][i]), fgeometric.center((32, 32)))
         expected = fgeometric.warp_affine(image, matrix, cv2.INTER_LINEAR, 0, cv2_border, (32, 32))
         # albumentations rounds its result to uint8; a wrong centre, direction or border is off by many levels.
         np.testing.assert_allclose(out[i].numpy().transpose(1, 2, 0), expected, rtol=0, atol=0.51)
@@ -253,13 +262,33 @@ def test_cutout_is_the_hole_given_in_the_mean_colour(images: np.ndarray) -> None
     rng = np.random.default_rng(3)
     top, left, cut = rng.integers(0, 17, n), rng.integers(0, 17, n), rng.integers(0, 2, n)
     augment = BatchAugment(dataclasses.replace(NOTHING, cutout_p=0.5), MEAN, (1 / 255,) * 3, seed=0, n=n)
-    out = augment.apply(torch.from_numpy(images), given_params(n, cutout=cut, cutout_y=top, cutout_x=left))
+    params = given_params(n, cutout=cut, holes=1.0, cutout_y=top[:, None], cutout_x=left[:, None], cutout_h=16.0,
+                          cutout_w=16.0)
+    out = augment.apply(torch.from_numpy(images), params)
     pixels = out.numpy().transpose(0, 2, 3, 1) + 255 * np.array(MEAN)
     for i, image in enumerate(images):
         expected = image.astype(np.float64)
         if cut[i]:
             expected[top[i]:top[i] + 16, left[i]:left[i] + 16] = np.round(255 * np.array(MEAN))
         np.testing.assert_allclose(pixels[i], expected, rtol=0, atol=1e-3)
+
+
+def test_holes_match_albumentations_cutout(images: np.ndarray) -> None:
+    """Up to two rectangles of their own sizes, overlapping or not, black: as CoarseDropout's cutout fills them."""
+    n = len(images)
+    rng = np.random.default_rng(4)
+    heights, widths = rng.integers(1, 12, (n, 2)), rng.integers(1, 12, (n, 2))
+    tops, lefts = rng.integers(0, 33 - heights), rng.integers(0, 33 - widths)
+    holes, cut = rng.integers(1, 3, n), rng.integers(0, 2, n)
+    settings = dataclasses.replace(AUGMENT_PRESETS["seed002_as_run"], hflip_p=0.0, affine_p=0.0)
+    params = given_params(n, slots=2, cutout=cut, holes=holes, cutout_y=tops, cutout_x=lefts, cutout_h=heights,
+                          cutout_w=widths)
+    out = BatchAugment(settings, *IDENTITY_STATS, seed=0, n=n).apply(torch.from_numpy(images), params)
+    for i, image in enumerate(images):
+        boxes = np.stack([lefts[i], tops[i], lefts[i] + widths[i], tops[i] + heights[i]], axis=1)[:holes[i] * cut[i]]
+        expected = fdropout.cutout(image, boxes, 0, np.random.default_rng(0)) if len(boxes) else image
+        np.testing.assert_allclose(out[i].numpy().transpose(1, 2, 0), expected, rtol=0, atol=1e-3)
+    assert (cut * holes == 2).any() and (cut * holes == 1).any()
 
 
 # ---------------------------------------------------------------- distributions against albumentations
@@ -308,17 +337,18 @@ def estimate_affine(out: np.ndarray) -> dict[str, np.ndarray]:
     # centroid = A @ blob + t for the three blobs: solve for [A | t] per image.
     solved = np.linalg.solve(np.hstack([BLOBS, np.ones((3, 1))])[None], centroids)  # (n, 3, 2): A^T rows, then t
     a = solved[:, :2].transpose(0, 2, 1)
-    # albumentations' A = zoom * [[cos, sin], [-sin, cos]].
-    return {"zoom": np.sqrt(np.linalg.det(a)), "angle": np.degrees(np.arctan2(a[:, 0, 1], a[:, 0, 0])),
+    # albumentations' A = [[cos, sin], [-sin, cos]] @ diag(zoom_x, zoom_y): column j is zoom_j times a unit vector.
+    return {"zoom_x": np.hypot(a[:, 0, 0], a[:, 1, 0]), "zoom_y": np.hypot(a[:, 0, 1], a[:, 1, 1]),
+            "angle": np.degrees(np.arctan2(-a[:, 1, 0], a[:, 0, 0])),
             "shift_x": solved[:, 2, 0], "shift_y": solved[:, 2, 1]}
 
 
-@pytest.mark.parametrize("preset", ["standard", "seed002"])
+@pytest.mark.parametrize("preset", ["standard", "seed002", "seed002_as_run"])
 def test_affine_draws_match_albumentations(preset: str) -> None:
     settings = dataclasses.replace(AUGMENT_PRESETS[preset], hflip_p=0.0, cutout_p=0.0)
     ours, theirs = both_pipelines(settings, blob_image())
     estimates = [estimate_affine(ours), estimate_affine(theirs)]
-    applied = [(np.abs(e["angle"]) > 0.05) | (np.abs(e["zoom"] - 1) > 2e-3)
+    applied = [(np.abs(e["angle"]) > 0.05) | (np.abs(e["zoom_x"] - 1) > 2e-3) | (np.abs(e["zoom_y"] - 1) > 2e-3)
                | (np.abs(e["shift_x"]) > 0.25) | (np.abs(e["shift_y"]) > 0.25) for e in estimates]
     for name, hits in zip(("ours", "albumentations"), applied, strict=True):
         assert_rate(hits, settings.affine_p, f"{name} affine")
@@ -327,11 +357,15 @@ def test_affine_draws_match_albumentations(preset: str) -> None:
     truth = sample_params(settings, seed=0, epoch=0, n=DRAWS)
     mine = applied[0]
     assert np.array_equal(mine, truth.affine.numpy() > 0)
-    for field, tolerance in (("angle", 0.5), ("zoom", 0.01), ("shift_x", 0.2), ("shift_y", 0.2)):
+    for field, tolerance in (("angle", 0.5), ("zoom_x", 0.01), ("zoom_y", 0.01), ("shift_x", 0.2), ("shift_y", 0.2)):
         error = np.abs(estimates[0][field][mine] - getattr(truth, field).numpy()[mine])
         assert error.max() < tolerance, f"{field} read back {error.max():.3f} off"
 
-    for field in ("angle", "zoom", "shift_x", "shift_y"):
+    # One zoom or two: the ratio of the axes' zooms is 1 exactly where the settings keep it.
+    for name, e, hits in zip(("ours", "albumentations"), estimates, applied, strict=True):
+        ratio = np.abs(e["zoom_x"][hits] / e["zoom_y"][hits] - 1)
+        assert (ratio.max() < 0.01) if settings.keep_ratio else (np.quantile(ratio, 0.5) > 0.02), name
+    for field in ("angle", "zoom_x", "zoom_y", "shift_x", "shift_y"):
         ours_values, theirs_values = (e[field][hits] for e, hits in zip(estimates, applied, strict=True))
         if field.startswith("shift"):  # whole pixels: compare the counts, not the estimation noise around them
             ours_values, theirs_values = np.rint(ours_values), np.rint(theirs_values)
@@ -443,3 +477,23 @@ def test_device_batches_refuse_a_sampler_of_another_size(images: np.ndarray) -> 
     labels = np.zeros(len(images), np.int64)
     with pytest.raises(ValueError, match="64 training images, but the sampler covers 50 and the augmentation 64"):
         DeviceBatches(images, labels, TrainBatches(50, 0, 8), BatchAugment("standard", MEAN, STD, 0, 64), "cpu")
+
+
+def test_as_run_hole_draws_match_albumentations(images: np.ndarray) -> None:
+    """seed002_as_run's holes (CoarseDropout's 2.x defaults: 1-2 holes, sides int(32 * U(0.1, 0.2)), black, p 0.5)
+    over thousands of draws: how often, how much of the image and where, against albumentations."""
+    settings = dataclasses.replace(AUGMENT_PRESETS["seed002_as_run"], hflip_p=0.0, affine_p=0.0)
+    ours, theirs = both_pipelines(settings, images[0])  # its pixels are 1..255: the holes are the zeros
+    rows = np.arange(32)
+    summaries = []
+    for name, out in (("ours", ours), ("albumentations", theirs)):
+        hole = (out == 0).all(axis=-1)
+        assert ((out == images[0]).all(axis=-1) | hole).all(), name  # nothing else changes
+        has_hole = hole.any(axis=(1, 2))
+        assert_rate(has_hole, 0.5, f"{name} cutout")
+        area = hole[has_hole].sum(axis=(1, 2))
+        assert 9 <= area.min() and area.max() <= 72, name  # 3x3 to two 6x6
+        centre_row = (hole[has_hole] * rows[:, None]).sum(axis=(1, 2)) / area
+        summaries.append((area, centre_row))
+    for what, position in (("hole area", 0), ("hole centre row", 1)):
+        assert_same_distribution(summaries[0][position], summaries[1][position], what)
