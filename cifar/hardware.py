@@ -1,11 +1,17 @@
-"""What a run ran on and how much memory it took, said the same way by train.py and bench.py, and what the
-machine offers the data pipeline."""
+"""What a run ran on and how much memory it took, said the same way by train.py and bench.py, what the
+machine offers the data pipeline, and the fingerprint that decides whether a CPU run repeats bit for bit."""
 
 from __future__ import annotations
 
+import functools
 import os
+import platform
+import re
 import resource
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # cifar.data reads usable_cpus() and loads without torch
@@ -23,7 +29,7 @@ def loader_workers(device_type: str, cpus: int, local_processes: int) -> int:
 
     On a CPU, 1: the training process's own threads use the cores, and one worker is enough to decode and
     augment the next batch during the step (this project's 2-core machine: 2 processes × 1 thread with 1
-    worker each was the fastest setting, README "Speed"). On a GPU the CPUs do nothing but feed it: each
+    worker each was the fastest setting, docs/speed.md). On a GPU the CPUs do nothing but feed it: each
     of the node's ``local_processes`` gets its share of the ``cpus`` less one for itself, at least 1 and at
     most 8 (beyond that a process's batches come faster than a small net takes them; not measured on a GPU).
     """
@@ -46,7 +52,7 @@ def native_bf16(device: torch.device) -> bool:
     On a GPU, bf16 in hardware (torch also counts emulated bf16, V100 and T4, which is slower than fp32). On a
     CPU, AMX: oneDNN runs the dense and pointwise convs on its bf16 tiles (c4net, batch 512, 2 processes on 2
     cores of a Xeon with AMX: 783 img/s in bf16, 617 in fp32; the depthwise convs stay fp32, cifar.nets.dilated;
-    README "Speed"). Without AMX oneDNN has no fast bf16 kernels on a CPU, so fp32 stays.
+    docs/speed.md). Without AMX oneDNN has no fast bf16 kernels on a CPU, so fp32 stays.
     """
     import torch
 
@@ -81,3 +87,100 @@ def hardware_spans(history: Sequence[Mapping[str, Any]]) -> str:
         return spans[0][0]
     return "; ".join(f"{name} ({f'epoch {first}' if first == last else f'epochs {first}-{last}'})"
                      for name, first, last in spans)
+
+
+
+# What decides whether a CPU run in fp32 repeats bit for bit, each with the words a replay uses for it. The
+# libraries pick their kernels, and so their summation order, by their own instruction-set levels, finer than
+# torch's cpu_capability: an AMD Zen 4 and a Xeon with AMX are both "AVX512" to torch, yet oneDNN ranks them
+# avx512_core_bf16 and (this project's Xeon) avx10_1_512_amx, and MKL (torch's BLAS: the classifier's matrix products) picks its code
+# path by vendor as well as by instruction set. Measured on a Xeon with AMX, replaying the last epoch of
+# results/c4net_deep16-35ep-seed0: oneDNN held to the Zen 4's level changed no bit (its fp32 kernels are
+# avx512_core on both), MKL held to AVX2 changed every float tensor. MKL's path on AMD CPUs cannot be chosen on
+# an Intel one, so the CPU (vendor and model, which also stand for the cache sizes that steer oneDNN's blocking)
+# is part of the fingerprint too; processes x threads split the sums.
+FINGERPRINT_FIELDS: dict[str, str] = {
+    "onednn_isa": "oneDNN's instruction set", "mkl_isa": "MKL's instruction set",
+    "cpu_capability": "torch's CPU capability", "cpu": "CPU", "torch": "torch build",
+    "processes": "processes", "threads": "threads per process"}
+
+# A fresh interpreter with the libraries' verbose logs on runs one convolution oneDNN takes (channels_last, 3x3,
+# a batch of 16: torch keeps smaller ones for its own kernels) and one matrix product (MKL); each library's
+# first log lines name the instruction set it dispatches to, ONEDNN_MAX_CPU_ISA and MKL_ENABLE_INSTRUCTIONS
+# (inherited) included. torch exposes neither level, and the libraries' own queries are not exported.
+_PROBE = ("import torch; x = torch.ones(16, 8, 8, 8).to(memory_format=torch.channels_last); "
+          "torch.nn.functional.conv2d(x, torch.ones(8, 8, 3, 3)); torch.ones(16, 64) @ torch.ones(64, 10)")
+_ONEDNN_ISA = re.compile(r"^(?:onednn|dnnl)_verbose,.*\binfo,cpu,isa:(.+?)\s*$", re.MULTILINE)
+# "MKL_VERBOSE oneMKL 2024.0 ... for Intel(R) 64 architecture ISA, Lnx 2.10GHz lp64 gnu_thread": the ISA text has
+# commas of its own, the clock (which varies between machines of one model) is left out.
+_MKL_ISA = re.compile(r"^MKL_VERBOSE .*? architecture (.+?), \S+ [\d.]+GHz", re.MULTILINE)
+# cpuinfo's fields that identify a CPU's design: x86's, then ARM's (which has no model name).
+_CPU_IDS = (("vendor_id", "vendor"), ("cpu family", "family"), ("model", "model"), ("stepping", "stepping"),
+            ("CPU implementer", "implementer"), ("CPU part", "part"), ("CPU variant", "variant"),
+            ("CPU revision", "revision"))
+
+
+def parse_library_isas(verbose_output: str) -> tuple[str | None, str | None]:
+    """oneDNN's and MKL's instruction-set levels as their verbose logs (``ONEDNN_VERBOSE=1``, ``MKL_VERBOSE=1``)
+    name them in ``verbose_output``; None for a library whose line is not there."""
+    onednn, mkl = (pattern.search(verbose_output) for pattern in (_ONEDNN_ISA, _MKL_ISA))
+    return onednn.group(1) if onednn else None, mkl.group(1) if mkl else None
+
+
+@functools.cache  # the libraries read their limits once per process, so one probe per process says it all
+def library_isas() -> tuple[str | None, str | None]:
+    """The instruction-set levels oneDNN and MKL dispatch to in this environment (see :func:`parse_library_isas`);
+    "none: ..." for a library this torch build lacks, None where the probe could not tell."""
+    import torch
+
+    env = {**os.environ, "ONEDNN_VERBOSE": "1", "MKL_VERBOSE": "1", "OMP_NUM_THREADS": "1"}
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=120)
+        onednn, mkl = parse_library_isas(done.stdout)
+    except (OSError, subprocess.SubprocessError):
+        onednn = mkl = None
+    return (onednn if torch.backends.mkldnn.is_available() else "none: torch is built without oneDNN",
+            mkl if torch.backends.mkl.is_available() else "none: torch is built without MKL")
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's name with the numbers that identify its design (a virtual machine may hide the name, e.g.
+    "Intel(R) Xeon(R) Processor", but not its family, model and stepping), from Linux's ``cpuinfo``; elsewhere
+    what Python's ``platform`` says."""
+    try:
+        first = cpuinfo.read_text().split("\n\n")[0]
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first.splitlines())}
+    ids = " ".join(f"{label} {fields[key]}" for key, label in _CPU_IDS if fields.get(key))
+    name = fields.get("model name") or platform.machine()
+    return f"{name} ({ids})" if ids else name
+
+
+def bitwise_fingerprint(processes: int, threads: int) -> dict[str, Any]:
+    """What decides whether a CPU run in fp32 repeats bit for bit (:data:`FINGERPRINT_FIELDS`), for a run of
+    ``processes`` processes with ``threads`` threads each in this environment. train.py records it in
+    ``summary.json`` and in every checkpoint; ``python -m cifar.replay`` promises equal bits only where it is
+    equal."""
+    import torch
+
+    onednn, mkl = library_isas()
+    return {"onednn_isa": onednn, "mkl_isa": mkl, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu": cpu_model(), "torch": f"{torch.__version__} (git {torch.version.git_version[:12]})",
+            "processes": processes, "threads": threads}
+
+
+def fingerprint_differences(there: Mapping[str, Any] | None, here: Mapping[str, Any]) -> list[str]:
+    """How fingerprint ``here`` differs from ``there``, the one a run recorded, one phrase each; empty only when
+    every field is known on both sides and equal. A field either side does not know counts as a difference:
+    equal bits are promised only where equality is shown."""
+    if there is None:
+        return ["the run records no fingerprint: an older train.py trained it"]
+    differences = []
+    for key, label in FINGERPRINT_FIELDS.items():
+        a, b = there.get(key), here.get(key)
+        if a is None or b is None:
+            differences.append(f"{label} not known {'there' if a is None else 'here'}")
+        elif a != b:
+            differences.append(f"{label} {a} there, {b} here")
+    return differences
