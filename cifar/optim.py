@@ -16,13 +16,13 @@ OPTIMIZERS = ("sgd", "adamw")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two param groups: parameters with ``ndim > 1`` at ``weight_decay``, the rest at 0.
+    """Two param groups of the trainable parameters: those with ``ndim > 1`` at ``weight_decay``, the rest at 0.
 
     Every parameter appears once (``parameters()`` drops shared ones); an empty group is left out.
     """
     if not weight_decay >= 0:
         raise ValueError(f"weight_decay must be >= 0; got {weight_decay!r}")
-    params = list(model.parameters())
+    params = [p for p in model.parameters() if p.requires_grad]  # frozen ones (a whitening stem) never step
     groups = [
         {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},

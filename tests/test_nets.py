@@ -52,8 +52,8 @@ def test_forward_backward_and_num_classes(name: str) -> None:
     out = net(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 7)
     out.logsumexp(1).sum().backward()
-    grads = [p.grad for p in net.parameters()]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    grads = [p.grad for p in net.parameters() if p.requires_grad]  # a whitening stem is fitted, not trained
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
 @pytest.mark.parametrize("name", [DEFAULT_NET, TINY_NET])
@@ -93,7 +93,9 @@ def measured_receptive_field(net: CifarNet, size: int = 256) -> int:
 @pytest.mark.parametrize("name", list_nets())
 def test_receptive_field_matches_input_gradients(name: str) -> None:
     net = build_net(name)
-    assert analyze_net(net).receptive_field == measured_receptive_field(net)
+    receptive_field = analyze_net(net).receptive_field
+    # The input must hold the whole window around the centre, with a margin.
+    assert receptive_field == measured_receptive_field(net, size=max(256, 2 * receptive_field))
 
 
 # ---------------------------------------------------------------- receptive field by hand
@@ -291,6 +293,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cifar.nets", *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_json_for_all_nets() -> None:
     result = run_cli("--json")
     assert result.returncode == 0, result.stderr
@@ -303,6 +306,7 @@ def test_cli_json_for_all_nets() -> None:
     assert all(default["constraints"].values())
 
 
+@pytest.mark.slow
 def test_cli_one_net_table_and_json() -> None:
     table = run_cli(DEFAULT_NET)
     assert table.returncode == 0, table.stderr
@@ -313,6 +317,7 @@ def test_cli_one_net_table_and_json() -> None:
     assert one["params"] == report.params and len(one["layers"]) == len(report.layers)
 
 
+@pytest.mark.slow
 def test_cli_unknown_net_fails_with_the_valid_names() -> None:
     result = run_cli("nosuchnet")
     assert result.returncode == 2
