@@ -10,7 +10,9 @@ CIFAR-10 is read from --data-dir, and downloaded there (checksummed) when no dat
 forbids network access.
 
 Exit codes: 0 done; 1 unexpected error; 2 bad input (flags, config, data, checkpoint, W&B setup);
-3 the loss became non-finite (the last good checkpoint is kept); 75 stopped by SIGTERM or SIGUSR1 after saving
+3 the loss became non-finite (the last good checkpoint is kept); 74 a file could not be saved (a full disk, say:
+the message names the folder, the error, the newest complete checkpoint and the command that continues the run,
+see cifar/saving.py); 75 stopped by SIGTERM or SIGUSR1 after saving
 a checkpoint (run the same command with --resume auto to continue). SIGUSR1 means "out of time, come back later":
 inside a SLURM job the main process then also requeues the job (see slurm/). 130 stopped by SIGINT (Ctrl-C) after
 saving a checkpoint, likewise; a second Ctrl-C stops at once without saving (the newest checkpoint is kept).
@@ -52,13 +54,16 @@ from cifar.batch_augment import BatchAugment, DeviceBatches, resolve_augment_bac
 from cifar.config import ConfigError, TrainConfig, parse_config, save_yaml, trajectory_differences
 from cifar.data import CifarArrays, CifarDataError, load_cifar, stratified_split, stratified_subset
 from cifar.files import write_atomic
-from cifar.hardware import (device_name, hardware_spans, loader_workers, native_bf16, peak_memory_mb,
-                            usable_cpus)
+from cifar.hardware import (bitwise_fingerprint, device_name, hardware_spans, loader_workers, native_bf16,
+                            peak_memory_mb, usable_cpus)
 from cifar.metrics import confusion_matrix, per_class_table
 from cifar.nets import build_net
+from cifar.nets.whitening import fit_patch_whitening
 from cifar.nets.analysis import NetReport, analyze_net
 from cifar.optim import build_optimizer
-from cifar.results import resolve_weights
+from cifar.pretrained import resolve_weights
+from cifar.saving import (EXIT_SAVE_FAILED, SaveFailed, failure_message, newest_complete_checkpoint,
+                          resume_command)
 from cifar.schedulers import build_schedule, schedule_lr
 from cifar.slurm import RequeueError, requeue, requeue_target
 from cifar.step_totals import LaggedTotals, StepTotals, add_batch, add_stop_flags, new_totals
@@ -98,12 +103,62 @@ class Progress:
     wandb_run_id: str | None = None
 
 
+@dataclass
+class Feed:
+    """What the net is trained and evaluated on, by this process."""
+
+    train_set: AugmentedDataset
+    loader: DataLoader | DeviceBatches  # the training batches: a DataLoader of albumentations, or device batches
+    batches: TrainBatches               # which samples each optimizer step takes, on this process
+    test_loader: DataLoader
+    val_loader: DataLoader | None       # the validation split's, which alone selects best.safetensors
+    val_images: int
+    total_steps: int
+    description: str                    # how the batches are augmented, for the start-up line
+
+
+@dataclass
+class Learner:
+    """The net and what trains it."""
+
+    report: NetReport             # params, receptive field, MACs, constraints
+    model: torch.nn.Module        # as accelerate prepared it (DDP, torch.compile): what trains
+    plain_net: torch.nn.Module    # the same net unwrapped: what a checkpoint holds
+    eval_net: torch.nn.Module     # what is evaluated and exported: the EMA's net with --ema, else plain_net
+    optimizer: Any
+    schedule: Any
+    ema: AveragedModel | None
+
+
 def main(argv: list[str], stop: StopRequest) -> int:
-    # ------------------------------------------------------------------ settings
     # Every process parses the same flags; only the main one talks, so N processes do not print N errors.
     cfg = parse_config(argv)
+    accelerator, cfg = start_processes(cfg)
+    # The main process decodes (or downloads) first and writes the cache; the others then read the cache.
+    with accelerator.main_process_first():
+        data = load_cifar(cfg.data_dir, download=cfg.download and accelerator.is_main_process)
+    if cfg.eval_only:
+        return evaluate_weights(cfg, accelerator, data)
+    feed = build_feed(cfg, accelerator, data)
+    learner = build_learner(cfg, accelerator, data, feed)
+    progress = resume_or_start(cfg, accelerator, learner)
+    introduce_run(cfg, accelerator, data, feed, learner, progress)
+    if cfg.wandb:
+        progress.wandb_run_id = start_wandb(cfg, accelerator, learner.report, progress.wandb_run_id)
+    try:
+        train(cfg, accelerator, data, feed, learner, progress, stop)
+    except RunStopped as stopped:
+        return end_stopped_run(cfg, accelerator, stopped)
+    finish(cfg, accelerator, data, feed, learner, progress)
+    return 0
 
-    # ------------------------------------------------------------------ processes and precision
+
+# ====================================================================== the steps of main()
+
+
+def start_processes(cfg: TrainConfig) -> tuple[Accelerator, TrainConfig]:
+    """The accelerator (processes, device, precision) and the settings resolved for it, the same on every
+    process."""
     # Before the first large tensor: glibc would otherwise page-fault every CPU activation afresh each step.
     keep_freed_memory()
     precision = resolve_precision(cfg)
@@ -116,9 +171,6 @@ def main(argv: list[str], stop: StopRequest) -> int:
             f"{launched} processes were launched but they did not form a process group (each sees "
             f"{accelerator.num_processes}): on a machine without GPUs add --cpu to use gloo, on GPUs check that "
             "every process sees a GPU (CUDA_VISIBLE_DEVICES)")
-    main_process = accelerator.is_main_process
-    say = accelerator.print
-
     backend = resolve_augment_backend(cfg.augment_backend, accelerator.device)
     if backend == "torch":  # batches augmented on the device: no loader workers
         workers = 0
@@ -128,14 +180,11 @@ def main(argv: list[str], stop: StopRequest) -> int:
         workers = loader_workers(accelerator.device.type, usable_cpus(), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     # The output folder's name has a time in it: take the main process's, so every process writes one folder.
     [cfg] = broadcast_object_list([cfg.resolved(precision, backend, workers)])
-    out = Path(cfg.output_dir)
+    return accelerator, cfg
 
-    # ------------------------------------------------------------------ data
-    # The main process decodes (or downloads) first and writes the cache; the others then read the cache.
-    with accelerator.main_process_first():
-        data = load_cifar(cfg.data_dir, download=cfg.download and main_process)
-    if cfg.eval_only:
-        return evaluate_weights(cfg, accelerator, data)
+
+def build_feed(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays) -> Feed:
+    """The training split (less --val-size, at most --subset), its augmented batches, and the evaluation sets."""
     try:  # sizes that this dataset cannot give: the library says which and why
         train_idx, val_idx = stratified_split(data.train_labels, cfg.val_size, cfg.seed)
         if cfg.subset is not None:
@@ -147,26 +196,34 @@ def main(argv: list[str], stop: StopRequest) -> int:
                        f"{error}") from error
     train_set = AugmentedDataset(data.train_images[train_idx], data.train_labels[train_idx],
                                  build_train_transform(cfg.augment, data.mean, data.std), cfg.seed)
+    loader: DataLoader | DeviceBatches
     if cfg.augment_backend == "torch":
         # A GPU outruns per-image augmentation in a few CPU workers: keep the uint8 set on the device, augment
         # whole batches there (cifar/batch_augment.py), each sample still a pure function of (seed, epoch, index).
         loader = DeviceBatches(train_set.images, train_set.labels, batches,
                                BatchAugment(cfg.augment, data.mean, data.std, cfg.seed, len(train_set)),
                                accelerator.device)
-        feed = "torch batch augmentation on the device"
+        description = "torch batch augmentation on the device"
     else:
         loader = train_loader(train_set, batches, cfg.num_workers, pin_memory=accelerator.device.type == "cuda",
                               worker_init_fn=ignore_stop_signals)
-        feed = f"albumentations in {cfg.num_workers} DataLoader worker(s) per process"
-    test_loader = eval_loader(data.test_images, data.test_labels, data, cfg)
-    val_loader = (eval_loader(data.train_images[val_idx], data.train_labels[val_idx], data, cfg)
+        description = f"albumentations in {cfg.num_workers} DataLoader worker(s) per process"
+    # Evaluation shards the images over the processes; gather_for_metrics puts exactly these back together.
+    test_loader = accelerator.prepare(eval_loader(data.test_images, data.test_labels, data, cfg))
+    val_loader = (accelerator.prepare(eval_loader(data.train_images[val_idx], data.train_labels[val_idx], data, cfg))
                   if len(val_idx) else None)
-    total_steps = cfg.epochs * batches.steps
+    return Feed(train_set, loader, batches, test_loader, val_loader, len(val_idx), cfg.epochs * batches.steps,
+                description)
 
-    # ------------------------------------------------------------------ net, optimizer, schedule
+
+def build_learner(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays, feed: Feed) -> Learner:
+    """The net, its optimizer and LR schedule, and the EMA of its weights with --ema."""
     # Same init on every process (DDP would broadcast rank 0's anyway); then per-process streams for dropout.
     torch.manual_seed(cfg.seed)
     net = build_net(cfg.model)
+    # A whitening stem starts from this run's training patches (every process fits the same filters); a resumed
+    # run then loads the filters it trained with, as --eval-only does.
+    fit_patch_whitening(net, feed.train_set.images, data.mean, data.std)
     report = analyze_net(net, name=cfg.model)
     if cfg.sync_bn:
         net = convert_sync_batchnorm(net)
@@ -176,100 +233,144 @@ def main(argv: list[str], stop: StopRequest) -> int:
     optimizer = build_optimizer(net, cfg.optimizer, cfg.lr, cfg.weight_decay, momentum=cfg.momentum,
                                 nesterov=cfg.nesterov)
     # Not handed to prepare(): it follows the optimizer's own step count, once per optimizer step.
-    schedule = build_schedule(cfg.scheduler, optimizer, total_steps, **cfg.scheduler_params)
-    model, optimizer, test_loader = accelerator.prepare(net, optimizer, test_loader)
-    if val_loader is not None:
-        val_loader = accelerator.prepare(val_loader)
+    schedule = build_schedule(cfg.scheduler, optimizer, feed.total_steps, **cfg.scheduler_params)
+    model, optimizer = accelerator.prepare(net, optimizer)
     plain_net = accelerator.unwrap_model(model, keep_torch_compile=False)
     ema = (AveragedModel(plain_net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
            if cfg.ema else None)
-    eval_net = ema.module if ema is not None else plain_net
+    return Learner(report, model, plain_net, ema.module if ema is not None else plain_net, optimizer, schedule,
+                   ema)
 
-    # ------------------------------------------------------------------ resume
-    checkpoints = out / "checkpoints"
-    progress = Progress()
+
+def resume_or_start(cfg: TrainConfig, accelerator: Accelerator, learner: Learner) -> Progress:
+    """Where training starts: from the checkpoint --resume names (the learner's state loaded), or at step 0."""
+    checkpoints = Path(cfg.output_dir) / "checkpoints"
     resume_from = find_resume_checkpoint(cfg, accelerator, checkpoints)
-    if resume_from is not None:
-        progress = load_training_state(resume_from, cfg, accelerator, plain_net, optimizer, schedule, ema)
-        say(f"resumed from {resume_from} (epoch {progress.epoch + 1}, step {progress.global_step})")
-    elif cfg.resume == "auto":
-        say(f"--resume auto: no checkpoint in {checkpoints}, starting fresh")
+    if resume_from is None:
+        if cfg.resume == "auto":
+            accelerator.print(f"--resume auto: no checkpoint in {checkpoints}, starting fresh")
+        return Progress()
+    progress = load_training_state(resume_from, cfg, accelerator, learner.plain_net, learner.optimizer,
+                                   learner.schedule, learner.ema)
+    accelerator.print(f"resumed from {resume_from} (epoch {progress.epoch + 1}, step {progress.global_step})")
+    return progress
 
-    # ------------------------------------------------------------------ what this run is
-    if main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, out / "config.yaml")
-        write_metrics(out, progress.history)
-        say(f"config ({out / 'config.yaml'}):")
-        for key, value in cfg.to_dict().items():
-            say(f"  {key}: {value}")
-        failed = [name for name, ok in report.constraints.items() if not ok]
-        say(f"net {cfg.model}: {report.params:,} params, receptive field {report.receptive_field}, "
-            f"{report.macs / 1e6:.1f} MMACs/image, "
-            f"constraints {'FAILED: ' + ', '.join(failed) if failed else 'all met'}")
-        say(f"{hardware(accelerator)}; {len(train_set):,} training images, {len(val_idx):,} validation, "
-            f"{len(data.test_labels):,} test; {batches.steps} steps/epoch, {total_steps} steps; {feed}")
-        if progress.global_step == 0:
-            plot_augmented_samples(train_set, loader, data, cfg, out / "plots" / "augmented_samples.png")
-    if cfg.wandb:
-        progress.wandb_run_id = start_wandb(cfg, accelerator, report, progress.wandb_run_id)
 
-    # ------------------------------------------------------------------ train
-    try:
-        while progress.epoch < cfg.epochs:
-            if progress.epoch == cfg.epochs - 1 and progress.step_in_epoch == 0 and progress.last_epoch_start is None:
-                # Kept for good (never pruned): the last epoch can be trained again from it and checked bit for bit.
-                progress.last_epoch_start = ckpt.checkpoint_name(progress.global_step)
-                save_training_state(checkpoints, cfg, accelerator, plain_net, optimizer, schedule, ema, progress,
-                                    data)
-            seconds, images = run_epoch(
-                cfg, accelerator, model, plain_net, optimizer, schedule, ema, loader, batches, progress, stop,
-                lambda: save_training_state(checkpoints, cfg, accelerator, plain_net, optimizer, schedule, ema,
-                                            progress, data))
-            # The epoch is done: evaluate on the validation split (which alone selects best.safetensors) and test.
-            sync_buffers(accelerator, eval_net)
-            row = epoch_row(accelerator, eval_net, val_loader, test_loader, progress, schedule, seconds, images)
-            progress.history.append(row)
-            improved = row.get("val_acc") is not None and (progress.best_val_acc is None
-                                                           or row["val_acc"] > progress.best_val_acc)
-            if improved:
-                progress.best_val_acc, progress.best_epoch = row["val_acc"], row["epoch"]
-                progress.best_checkpoint = ckpt.checkpoint_name(progress.global_step)
-                if main_process:
-                    save_net(eval_net, out / "best.safetensors", cfg, data)
-            progress.epoch, progress.step_in_epoch, progress.running = progress.epoch + 1, 0, [0.0, 0.0, 0.0]
-            save_training_state(checkpoints, cfg, accelerator, plain_net, optimizer, schedule, ema, progress, data)
-            if main_process:
-                write_metrics(out, progress.history)
-            say(epoch_line(row, cfg.epochs))
-            accelerator.log({f"epoch/{k}": v for k, v in row.items() if isinstance(v, (int, float))},
-                            step=progress.global_step)
-    except RunStopped as stopped:
-        if main_process:
-            print(stopped, file=sys.stderr)
-        accelerator.end_training()
-        if stopped.requeue and main_process:
-            if cfg.wandb:  # W&B's service process must be done before SLURM ends every process of the job
-                import wandb
-                wandb.teardown()
-            # Last, because SLURM ends this allocation as soon as it takes the job back.
-            requeue_own_job(say)
-        return stopped.code
+def introduce_run(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays, feed: Feed, learner: Learner,
+                  progress: Progress) -> None:
+    """What this run is: config.yaml and the metrics so far in its folder; the settings, the net and the hardware
+    on the console; on a fresh start, the augmented samples of epoch 1 as a plot."""
+    out = Path(cfg.output_dir)
+    with saving(accelerator, cfg, "the run's settings and first plot", out):
+        if accelerator.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            save_yaml(cfg, out / "config.yaml")
+            write_metrics(out, progress.history)
+            if progress.global_step == 0:
+                plot_augmented_samples(feed.train_set, feed.loader, data, cfg, out / "plots" / "augmented_samples.png")
+    say = accelerator.print
+    say(f"config ({out / 'config.yaml'}):")
+    for key, value in cfg.to_dict().items():
+        say(f"  {key}: {value}")
+    report = learner.report
+    failed = [name for name, ok in report.constraints.items() if not ok]
+    say(f"net {cfg.model}: {report.params:,} params, receptive field {report.receptive_field}, "
+        f"{report.macs / 1e6:.1f} MMACs/image, constraints {'FAILED: ' + ', '.join(failed) if failed else 'all met'}")
+    say(f"{hardware(accelerator)}; {len(feed.train_set):,} training images, {feed.val_images:,} validation, "
+        f"{len(data.test_labels):,} test; {feed.batches.steps} steps/epoch, {feed.total_steps} steps; "
+        f"{feed.description}")
 
-    # ------------------------------------------------------------------ results
-    sync_buffers(accelerator, eval_net)
-    test = evaluate(accelerator, eval_net, test_loader)
-    # Reported beside the plain accuracy, never instead of it: the views are a different way to classify.
-    tta = {variant: evaluate(accelerator, eval_net, test_loader, tta=variant) for variant in TTA_VARIANTS}
-    if main_process:
-        write_results(cfg, out, eval_net, data, test, tta, progress, report, accelerator, total_steps)
-        best = ("-" if progress.best_val_acc is None
-                else f"{progress.best_val_acc:.2%} (epoch {progress.best_epoch})")
-        say(f"test accuracy {test.accuracy:.2%} on {test.count:,} images ({tta_text(tta)}); best validation {best}; "
-            f"{progress.train_seconds:.1f} s training; wrote {out}")
-    accelerator.wait_for_everyone()
+
+def train(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays, feed: Feed, learner: Learner,
+          progress: Progress, stop: StopRequest) -> None:
+    """Every epoch left. Raises RunStopped when a stop signal or a non-finite loss ends the run early."""
+    checkpoints = Path(cfg.output_dir) / "checkpoints"
+
+    def checkpoint() -> None:
+        save_training_state(checkpoints, cfg, accelerator, learner.plain_net, learner.optimizer, learner.schedule,
+                            learner.ema, progress, data)
+
+    while progress.epoch < cfg.epochs:
+        if progress.epoch == cfg.epochs - 1 and progress.step_in_epoch == 0 and progress.last_epoch_start is None:
+            # Kept for good (never pruned): the last epoch can be trained again from it and checked bit for bit.
+            progress.last_epoch_start = ckpt.checkpoint_name(progress.global_step)
+            checkpoint()
+        seconds, images = run_epoch(cfg, accelerator, learner.model, learner.plain_net, learner.optimizer,
+                                    learner.schedule, learner.ema, feed.loader, feed.batches, progress, stop,
+                                    checkpoint)
+        end_epoch(cfg, accelerator, data, feed, learner, progress, seconds, images, checkpoint)
+
+
+def end_epoch(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays, feed: Feed, learner: Learner,
+              progress: Progress, seconds: float, images: int, checkpoint: Callable[[], None]) -> None:
+    """Evaluate the epoch's net on the validation split (which alone selects best.safetensors) and the test
+    set, then save its checkpoint and metrics row and report them."""
+    out = Path(cfg.output_dir)
+    sync_buffers(accelerator, learner.eval_net)
+    row = epoch_row(accelerator, learner.eval_net, feed.val_loader, feed.test_loader, progress, learner.schedule,
+                    seconds, images)
+    progress.history.append(row)
+    if row.get("val_acc") is not None and (progress.best_val_acc is None or row["val_acc"] > progress.best_val_acc):
+        progress.best_val_acc, progress.best_epoch = row["val_acc"], row["epoch"]
+        progress.best_checkpoint = ckpt.checkpoint_name(progress.global_step)
+        with saving(accelerator, cfg, "best.safetensors", out):
+            if accelerator.is_main_process:
+                save_net(learner.eval_net, out / "best.safetensors", cfg, data)
+    progress.epoch, progress.step_in_epoch, progress.running = progress.epoch + 1, 0, [0.0, 0.0, 0.0]
+    checkpoint()
+    with saving(accelerator, cfg, "metrics.jsonl", out):
+        if accelerator.is_main_process:
+            write_metrics(out, progress.history)
+    accelerator.print(epoch_line(row, cfg.epochs))
+    accelerator.log({f"epoch/{k}": v for k, v in row.items() if isinstance(v, (int, float))},
+                    step=progress.global_step)
+
+
+def end_stopped_run(cfg: TrainConfig, accelerator: Accelerator, stopped: RunStopped) -> int:
+    """Say why the run stopped, give a SLURM job back to the queue if SIGUSR1 asked for it; the exit code."""
+    if accelerator.is_main_process:
+        print(stopped, file=sys.stderr)
     accelerator.end_training()
-    return 0
+    if stopped.requeue and accelerator.is_main_process:
+        if cfg.wandb:  # W&B's service process must be done before SLURM ends every process of the job
+            import wandb
+            wandb.teardown()
+        # Last, because SLURM ends this allocation as soon as it takes the job back.
+        requeue_own_job(accelerator.print)
+    return stopped.code
+
+
+def finish(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays, feed: Feed, learner: Learner,
+           progress: Progress) -> None:
+    """The final evaluation and the files the run folder promises: weights, summary.json, plots."""
+    out = Path(cfg.output_dir)
+    sync_buffers(accelerator, learner.eval_net)
+    test = evaluate(accelerator, learner.eval_net, feed.test_loader)
+    # Reported beside the plain accuracy, never instead of it: the views are a different way to classify.
+    tta = {variant: evaluate(accelerator, learner.eval_net, feed.test_loader, tta=variant) for variant in TTA_VARIANTS}
+    with saving(accelerator, cfg, "the run's results", out):
+        if accelerator.is_main_process:
+            write_results(cfg, out, learner.eval_net, data, test, tta, progress, learner.report, accelerator,
+                          feed.total_steps)
+    best = "-" if progress.best_val_acc is None else f"{progress.best_val_acc:.2%} (epoch {progress.best_epoch})"
+    accelerator.print(f"test accuracy {test.accuracy:.2%} on {test.count:,} images ({tta_text(tta)}); best "
+                      f"validation {best}; {progress.train_seconds:.1f} s training; wrote {out}")
+    accelerator.end_training()
+
+
+@contextlib.contextmanager
+def saving(accelerator: Accelerator, cfg: TrainConfig, what: str, folder: Path) -> Iterator[None]:
+    """Around the main process's writes of ``what`` into ``folder``: every process leaves the block together,
+    and when a write failed (a full disk, say) every process raises the same SaveFailed, so all of them stop
+    with one message and exit code instead of waiting for a main process that is gone."""
+    failure: SaveFailed | None = None
+    try:
+        yield
+    except OSError as error:
+        failure = SaveFailed.from_error(what, folder, error, cfg.output_dir)
+    [failure] = broadcast_object_list([failure])
+    if failure is not None:
+        raise failure
 
 
 # ====================================================================== the training steps
@@ -476,21 +577,26 @@ def save_training_state(directory: Path, cfg: TrainConfig, accelerator: Accelera
                         data: CifarArrays) -> None:
     """Every process contributes its RNG state; the main process writes the checkpoint atomically and prunes
     old ones (keeping the best and the one at the start of the last epoch); all wait for it, so no process
-    exits while the checkpoint is half written."""
+    exits while the checkpoint is half written, and all stop together if it could not be written."""
     rng_states = gather_object([ckpt.rng_state(accelerator.device)])
-    if accelerator.is_main_process:
-        payloads = {"model": ckpt.plain_state_dict(net), "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "rng": rng_states, "progress": dataclasses.asdict(progress)}
-        if accelerator.scaler is not None:
-            payloads["scaler"] = accelerator.scaler.state_dict()
-        if ema is not None:
-            payloads["ema"] = ema.state_dict()
-        meta = {"model": cfg.model, "epoch": progress.epoch, "step": progress.global_step, "config": cfg.to_dict(),
-                **ckpt.input_metadata(data.mean, data.std, data.classes)}  # so that a checkpoint exports alone
-        ckpt.write_checkpoint(directory, progress.global_step, payloads, meta)
-        keep = [directory / name for name in (progress.best_checkpoint, progress.last_epoch_start) if name]
-        ckpt.prune_checkpoints(directory, cfg.keep_last, keep)
-    accelerator.wait_for_everyone()
+    with saving(accelerator, cfg, "the checkpoint", directory):
+        if accelerator.is_main_process:
+            payloads = {"model": ckpt.plain_state_dict(net), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "rng": rng_states,
+                        "progress": dataclasses.asdict(progress)}
+            if accelerator.scaler is not None:
+                payloads["scaler"] = accelerator.scaler.state_dict()
+            if ema is not None:
+                payloads["ema"] = ema.state_dict()
+            meta = {"model": cfg.model, "epoch": progress.epoch, "step": progress.global_step,
+                    "config": cfg.to_dict(),
+                    **ckpt.input_metadata(data.mean, data.std, data.classes),  # so that a checkpoint exports alone
+                    # A replay from this checkpoint is bit for bit only under this fingerprint
+                    # (python -m cifar.replay).
+                    "fingerprint": bitwise_fingerprint(accelerator.num_processes, torch.get_num_threads())}
+            ckpt.write_checkpoint(directory, progress.global_step, payloads, meta)
+            keep = [directory / name for name in (progress.best_checkpoint, progress.last_epoch_start) if name]
+            ckpt.prune_checkpoints(directory, cfg.keep_last, keep)
 
 
 def find_resume_checkpoint(cfg: TrainConfig, accelerator: Accelerator, directory: Path) -> Path | None:
@@ -593,6 +699,7 @@ def write_results(cfg: TrainConfig, out: Path, net: torch.nn.Module, data: Cifar
                "device": accelerator.device.type, "processes": accelerator.num_processes,
                "threads": torch.get_num_threads(), "torch": torch.__version__,
                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+               "fingerprint": bitwise_fingerprint(accelerator.num_processes, torch.get_num_threads()),
                "last_epoch_start": progress.last_epoch_start}
     write_atomic(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     figures = out / "plots"
@@ -725,6 +832,12 @@ def run(argv: list[str]) -> int:
         if talk:
             print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except SaveFailed as failure:
+        if talk:  # the main process failed to write; the others stopped with it
+            command = resume_command(sys.argv[0], argv, failure.output_dir, int(os.environ.get("WORLD_SIZE", "1")))
+            print(f"error: {failure_message(failure, newest_complete_checkpoint(failure.output_dir), command)}",
+                  file=sys.stderr)
+        return EXIT_SAVE_FAILED
     finally:
         stop.uninstall()
 

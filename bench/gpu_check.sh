@@ -68,7 +68,7 @@ runs=$(realpath -m "${GPU_CHECK_RUNS:-$out/runs}")
 cd "$(dirname "$(realpath "$0")")/.."
 py=${PYTHON:-$(command -v python || command -v python3 || true)}
 if [ -z "$py" ]; then
-    echo "error: no python or python3 on PATH: activate the project's environment (README, Setup) or set PYTHON" >&2
+    echo "error: no python or python3 on PATH: activate the project's environment (README) or set PYTHON" >&2
     exit 2
 fi
 
@@ -85,7 +85,7 @@ gpu = torch.cuda.is_available()
 print(int(gpu), TrainConfig.model, TrainConfig.batch_size, torch.__version__,
       torch.cuda.get_device_name(0) if gpu else "no GPU")'); then
     echo "error: $py cannot import torch and this project's cifar package (above): activate the project's" \
-         "environment (README, Setup) or set PYTHON" >&2
+         "environment (README) or set PYTHON" >&2
     exit 2
 fi
 read -r has_cuda net default_batch torch_version gpu_name <<< "$probe"
@@ -258,7 +258,7 @@ set_train_command() {  # name, then train.py flags
 run_stage data "$py" -c \
     'import sys, cifar.data as d; a = d.load_cifar(sys.argv[1]); print(len(a.train_labels), len(a.test_labels))' "$data"
 if [ "$status" != 0 ]; then
-    echo "error: no usable CIFAR-10 in $data (its log: $out/logs/data.log): unpack it there as the README's Setup" \
+    echo "error: no usable CIFAR-10 in $data (its log: $out/logs/data.log): unpack it there as docs/data.md" \
          "says, or pass --data-dir" >&2
     exit 2
 fi

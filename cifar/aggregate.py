@@ -1,8 +1,8 @@
-"""Compare finished runs (seeds of one recipe, say), and generate the README's accuracy tables from them.
+"""Compare finished runs (seeds of one recipe, say), and generate the documentation's accuracy tables from them.
 
     python -m cifar.aggregate RUN_DIR... [--json FILE]      # one row per run, mean ± sample std
-    python -m cifar.aggregate RUN_DIR... --markdown         # the README table: one row per recipe
-    python -m cifar.aggregate --update-readme README.md [--section NAME]
+    python -m cifar.aggregate RUN_DIR... --markdown         # a table for the docs: one row per recipe
+    python -m cifar.aggregate --update-docs [PAGE...] [--section NAME]   # regenerate the docs' tables
 
 Reads each run's summary.json (written by train.py when it finishes) and config.yaml, and prints one row per run
 and the mean ± sample standard deviation of the final test accuracy, its flip-TTA counterpart, the best
@@ -14,7 +14,8 @@ model, params, epochs, seeds (linked to their folders), final-epoch test accurac
 test-time augmentation (flip; flip and ±1 px translations: see cifar.tta), hardware, training time, and the
 train.py command, rebuilt from config.yaml (where the data and the outputs live is left out).
 
-README tables live between marker comments that also name their runs, as globs relative to the README's folder::
+Generated tables live in README.md and docs/*.md between marker comments that also name their runs, as globs
+relative to the page's folder (``../results/...`` from docs/)::
 
     <!-- table:default-net results/c4net_deep16-35ep-* -->
     ...generated...
@@ -23,8 +24,9 @@ README tables live between marker comments that also name their runs, as globs r
 A ``layout=claims`` word among the globs sets the runs beside their write-ups' claims instead (the seed nets:
 RF, MMACs, constraints, the claim, final- and best-epoch test accuracy).
 
-``--update-readme`` regenerates every such table (or the one ``--section`` names) from its runs, so a table is
-never typed by hand; tests/test_results.py fails when README.md differs from what this would write.
+``--update-docs`` regenerates every such table of every page that holds one (or of the pages given; or only the
+table ``--section`` names) from its runs, so a table is never typed by hand; tests/test_results.py fails when a
+page differs from what this would write.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from cifar.config import TRAJECTORY_FIELDS, config_flags
 from cifar.files import write_atomic
 from cifar.nets.seeds import WRITE_UP_CLAIMS
 
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class RunResult:
@@ -167,7 +170,7 @@ def runs_table(runs: list[RunResult], stats: Stats, unfinished: list[str]) -> st
 
 # Where the data and the outputs live, and how a run restarts: not part of a recipe's command.
 COMMAND_LEAVES_OUT = ("output_dir", "data_dir", "download", "resume", "eval_only", "seed")
-# A README table's columns by its layout: "recipes" compares recipes; "claims" sets nets beside what their
+# A generated table's columns by its layout: "recipes" compares recipes; "claims" sets nets beside what their
 # write-ups claim (cifar.nets.seeds.WRITE_UP_CLAIMS), with the best epoch's test accuracy to show what choosing
 # on the test set adds.
 LAYOUTS: dict[str, tuple[str, ...]] = {
@@ -255,7 +258,7 @@ def _group_cells(group: list[RunResult], link_base: Path) -> dict[str, str]:
 
 
 def markdown_table(runs: list[RunResult], link_base: Path, layout: str = "recipes") -> str:
-    """The README table of ``runs`` in ``layout`` (:data:`LAYOUTS`): one row per :func:`recipe_groups` group,
+    """The markdown table of ``runs`` in ``layout`` (:data:`LAYOUTS`): one row per :func:`recipe_groups` group,
     seeds linked to their folders (paths relative to ``link_base``, the folder of the file the table goes into).
     No trailing newline."""
     if layout not in LAYOUTS:
@@ -314,7 +317,13 @@ def section_body(section: TableSection, base: Path) -> str:
     return markdown_table([read_run(folder) for folder in folders], base, section.layout) + "\n"
 
 
-def update_readme(path: Path, only: str | None = None) -> list[str]:
+def pages_with_tables(root: Path = REPOSITORY) -> list[Path]:
+    """The documentation pages under ``root`` (README.md, docs/*.md) that hold a generated table."""
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    return [page for page in pages if page.is_file() and table_sections(page.read_text())]
+
+
+def update_tables(path: Path, only: str | None = None) -> list[str]:
     """Regenerate the tables of the markdown file ``path`` (all, or the one named ``only``) from their runs;
     return the names of those whose text changed. The file is rewritten only if one did.
 
@@ -344,33 +353,45 @@ def update_readme(path: Path, only: str | None = None) -> list[str]:
     return changed
 
 
+def _update_docs(pages: list[Path], section: str | None) -> int:
+    """``--update-docs``: print what changed on each page; exit status 2 with the reason when a page cannot be."""
+    try:
+        if section is not None:
+            holding = [page for page in pages if section in {s.name for s in table_sections(page.read_text())}]
+            if not holding:
+                raise RunFolderError(f"no table {section!r} in {', '.join(map(str, pages)) or 'any page'}; mark "
+                                     f"one with <!-- table:{section} GLOB... --> and <!-- /table:{section} -->")
+            pages = holding
+        for page in pages:
+            changed = update_tables(page, section)
+            print(f"updated {', '.join(changed)} in {page}" if changed else f"{page} is up to date")
+    except (OSError, RunFolderError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m cifar.aggregate", description=__doc__.split("\n\n")[0],
                                      allow_abbrev=False)
     parser.add_argument("runs", nargs="*", type=Path, help="run output folders (e.g. runs/cifar-1234_*)")
     parser.add_argument("--json", type=Path, help="also write the runs and statistics to this JSON file")
     parser.add_argument("--markdown", action="store_true",
-                        help="print the README table (one row per recipe) instead of one row per run")
-    parser.add_argument("--update-readme", type=Path, metavar="FILE",
-                        help="regenerate the tables of FILE from the runs their markers name (no RUN_DIR)")
-    parser.add_argument("--section", metavar="NAME", help="with --update-readme: only the table NAME")
+                        help="print a docs table (one row per recipe) instead of one row per run")
+    parser.add_argument("--update-docs", nargs="*", type=Path, metavar="PAGE",
+                        help="regenerate the tables of these markdown pages (default: every page of the repository "
+                             "that holds one: README.md, docs/*.md) from the runs their markers name")
+    parser.add_argument("--section", metavar="NAME", help="with --update-docs: only the table NAME")
     args = parser.parse_args(argv)
-    if args.update_readme is not None:
+    if args.update_docs is not None:
         if args.runs or args.json or args.markdown:
-            parser.error("--update-readme takes no run folders, --json or --markdown: a README table's runs are the "
-                         "folders its marker names, <!-- table:NAME GLOB... -->")
-        try:
-            changed = update_readme(args.update_readme, args.section)
-        except (OSError, RunFolderError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        print(f"updated {', '.join(changed)} in {args.update_readme}" if changed
-              else f"{args.update_readme} is up to date")
-        return 0
+            parser.error("--update-docs takes no run folders, --json or --markdown: a table's runs are the folders "
+                         "its marker names, <!-- table:NAME GLOB... -->")
+        return _update_docs(args.update_docs or pages_with_tables(), args.section)
     if args.section is not None:
-        parser.error("--section goes with --update-readme")
+        parser.error("--section goes with --update-docs")
     if not args.runs:
-        parser.error("give the run folders to compare (or --update-readme FILE)")
+        parser.error("give the run folders to compare (or --update-docs)")
     runs, unfinished = [], []
     for directory in args.runs:
         try:

@@ -1,6 +1,6 @@
 """Export a trained net to ONNX: ``python -m cifar.export RUN_DIR|WEIGHTS --onnx model.onnx``.
 
-RUN_DIR|WEIGHTS is what ``train.py --eval-only`` takes (:func:`cifar.results.resolve_weights`): a run folder (its
+RUN_DIR|WEIGHTS is what ``train.py --eval-only`` takes (:func:`cifar.pretrained.resolve_weights`): a run folder (its
 final ``model.safetensors``), a ``.safetensors`` file such as ``best.safetensors``, a checkpoint folder, or the
 name of a shipped result.
 
@@ -35,7 +35,7 @@ from torch import nn
 from cifar.checkpoint import CheckpointError, load_net
 from cifar.data import IMAGE_SHAPE, CifarDataError, load_cifar
 from cifar.files import write_atomic
-from cifar.results import resolve_weights
+from cifar.pretrained import resolve_weights
 
 OPSET = 18
 INPUT_NAME = "pixels"

@@ -1,4 +1,4 @@
-"""Shipped results: a finished train.py run as the repository keeps it, and pretrained weights found by name.
+"""Shipped results: a finished train.py run as the repository keeps it.
 
     python -m cifar.results ship RUN_DIR results/NAME     # copy a finished run into the repository
     python -m cifar.results list                         # the shipped results, with their nets and accuracies
@@ -9,9 +9,8 @@ A shipped result ``results/NAME/`` holds what train.py wrote minus ``checkpoints
 epoch, from which ``python -m cifar.replay results/NAME`` trains that epoch again and checks the final weights
 bit for bit. Runs trained before train.py kept that checkpoint ship with ``--without-replay``.
 
-Weights are found the way ``build_net(name, weights=...)`` and ``train.py --eval-only`` take them
-(:func:`resolve_weights`): a ``.safetensors`` file, a run or result folder, a checkpoint folder, or the NAME of a
-folder in this repository's ``results/``.
+A shipped result's NAME also finds its weights: ``cifar.pretrained.build_net(net, weights=NAME)``,
+``train.py --eval-only NAME`` (see :mod:`cifar.pretrained`).
 """
 
 from __future__ import annotations
@@ -24,8 +23,6 @@ import sys
 import uuid
 from pathlib import Path
 from typing import Any
-
-from torch import nn
 
 from cifar import checkpoint as ckpt
 
@@ -119,55 +116,6 @@ def shipped_results(results_dir: Path | None = None) -> list[str]:
     if not folder.is_dir():
         return []
     return sorted(entry.name for entry in folder.iterdir() if (entry / ckpt.RUN_WEIGHTS).is_file())
-
-
-def resolve_weights(weights: str | Path, results_dir: Path | None = None) -> Path:
-    """Where ``weights`` are: the path itself if it exists (a ``.safetensors`` file, a run or result folder, a
-    checkpoint folder), else the shipped result of that name in ``results_dir`` (default: the repository's
-    ``results/``).
-
-    Raises:
-        CheckpointError: no such path, and no shipped result of that name (the message lists those there are).
-    """
-    path = Path(weights)
-    if path.exists():
-        return path
-    folder = results_dir or RESULTS_DIR
-    shipped = shipped_results(folder)
-    if str(weights) in shipped:
-        return folder / str(weights)
-    raise ckpt.CheckpointError(
-        f"weights {str(weights)!r}: no such file or folder, and no shipped result of that name in {folder} "
-        f"({'shipped: ' + ', '.join(shipped) if shipped else 'none is shipped yet'}); pass a .safetensors file, "
-        "a run or results/ folder, a checkpoint folder, or the name of a shipped result")
-
-
-def load_pretrained(net: nn.Module, name: str, weights: str | Path) -> None:
-    """Load ``weights`` (anything :func:`resolve_weights` finds) into ``net``, a fresh instance of the registered
-    net ``name``, and set ``net.pretrained_cfg``: the weights' path and, where the weights record them, the mean
-    and std that inputs must be normalised with and the class names in label order.
-
-    Raises:
-        CheckpointError: the weights are not found, hold another net than ``name``, or do not fit ``net`` (say,
-            built with another ``num_classes``).
-    """
-    path = resolve_weights(weights)
-    trained, trained_as, metadata = ckpt.load_net(path, default_name=name)
-    if trained_as != name:
-        raise ckpt.CheckpointError(f"weights {str(weights)!r} ({path}) hold net {trained_as!r}, not {name!r}: "
-                                   f"build_net({trained_as!r}, weights=...), or choose weights trained as {name!r}")
-    classes = json.loads(metadata["classes"]) if "classes" in metadata else None
-    try:
-        net.load_state_dict(trained.state_dict())
-    except RuntimeError:
-        count = f"{len(classes)} classes" if classes is not None else "another number of classes"
-        raise ckpt.CheckpointError(f"weights {str(weights)!r} ({path}) classify {count}: build {name!r} with the "
-                                   "num_classes they were trained for") from None
-    config: dict[str, Any] = {"weights": str(path)}
-    for key in ("mean", "std", "classes"):
-        if key in metadata:
-            config[key] = json.loads(metadata[key])
-    net.pretrained_cfg = config
 
 
 def _percent(value: Any) -> str:

@@ -3,7 +3,7 @@
 # processes, and waits. The two templates differ only in their #SBATCH lines.
 
 if [ -z "${SLURM_JOB_ID:-}" ]; then
-    echo "error: SLURM_JOB_ID is not set: submit this template with sbatch (see the README's cluster section)" >&2
+    echo "error: SLURM_JOB_ID is not set: submit this template with sbatch (see docs/distributed.md)" >&2
     exit 2
 fi
 

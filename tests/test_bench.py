@@ -1,4 +1,5 @@
-"""bench.py end to end on the tiny dataset: every measurement present, the ratio the ratio of the two."""
+"""bench.py end to end on the tiny dataset: every measurement present, the ratio the ratio of the two; the
+seed-style loop trained to the end of a recipe (--train-baseline), the plain-loop check of the trainer."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import with_native_convs
+from bench import parse_args, seed_style_loop, seed_style_optimizer, with_native_convs
+from cifar.config import parse_config
+from cifar.data import load_cifar
 from cifar.nets import build_net
 from cifar.nets.dilated import Conv2d as DilatedPathConv
-from tests.tiny_data import write_tiny_cifar
+from tests.tiny_data import evaluation_inputs, write_tiny_cifar
 
 pytestmark = pytest.mark.slow
 
@@ -77,3 +80,67 @@ def test_the_baseline_runs_the_net_with_plain_convs_and_the_same_function(name: 
     assert not any(isinstance(m, DilatedPathConv) for m in plain.modules())
     x = torch.randn(4, 3, 32, 32)
     assert torch.equal(ours.eval()(x), plain.eval()(x))
+
+
+def test_the_dilated_conv_bench_runs_from_anywhere(tmp_path: Path) -> None:
+    """bench/dilated_conv.py lives beside gpu_check.sh and still finds the library when started from elsewhere."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "dilated_conv.py"), "--nets", "c4net_tiny",
+                           "--batch-sizes", "2", "--threads", "1", "--layouts", "nchw", "--reps", "1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "c4net_tiny:features" in done.stdout and "taps" in done.stdout
+
+
+RECIPE = ROOT / "recipes" / "seed002_as_run.yaml"
+
+
+def test_a_recipe_sets_the_measurements_and_the_flags_win() -> None:
+    args = parse_args(["--config", str(RECIPE), "--model", "c4net_tiny", "--epochs", "3"])
+    assert (args.model, args.batch_size, args.augment) == ("c4net_tiny", 128, "seed002_as_run")
+    recipe = parse_config(["--config", str(RECIPE)])
+    assert args.recipe == parse_config(["--config", str(RECIPE), "--model", "c4net_tiny", "--epochs", "3"])
+    assert (args.recipe.lr, args.recipe.scheduler_params, args.recipe.epochs) == (recipe.lr, recipe.scheduler_params, 3)
+    with pytest.raises(SystemExit):  # train.py's own checks refuse a batch of 0
+        parse_args(["--config", str(RECIPE), "--model", "c4net_tiny", "--batch-size", "0"])
+
+
+def test_the_seed_style_optimizer_decays_every_parameter() -> None:
+    """As the seeds wrote it, and unlike train.py (cifar/optim.py): BatchNorm scales and biases decay too."""
+    net = build_net("c4net_tiny")
+    optimizer = seed_style_optimizer(net, parse_config(["--config", str(RECIPE)]))
+    [group] = optimizer.param_groups
+    assert group["weight_decay"] == 5e-4 and group["momentum"] == 0.9 and not group["nesterov"]
+    assert {id(p) for p in group["params"]} == {id(p) for p in net.parameters()}
+    assert any(p.ndim == 1 for p in group["params"])  # norms and biases are in it
+
+
+def test_the_seed_style_loop_trains_a_recipe_to_the_end(tmp_path: Path) -> None:
+    data = load_cifar(write_tiny_cifar(tmp_path / "tiny"))
+    cfg = parse_config(["--config", str(RECIPE), "--model", "c4net_tiny", "--batch-size", "32", "--epochs", "8",
+                        "--subset", "200"])
+    run = seed_style_loop(data, cfg, torch.device("cpu"))
+    assert run.train_images == 200 and [row["epoch"] for row in run.history] == list(range(1, 9))
+    assert all(0 <= row[key] <= 1 for row in run.history for key in ("train_accuracy", "test_accuracy"))
+    # The reported test accuracy is the trained net's on the test set, evaluated as train.py evaluates.
+    with torch.no_grad():
+        predictions = run.net.eval()(evaluation_inputs(data.test_images, data)).argmax(dim=1)
+    final = run.history[-1]["test_accuracy"]
+    assert final == pytest.approx((predictions.numpy() == data.test_labels).mean())
+    assert final > 0.3 and run.history[-1]["train_loss"] < run.history[0]["train_loss"]  # it learned (chance: 0.1)
+    assert run.timing.images_per_second > 0
+
+
+def test_bench_trains_the_baseline_to_the_end_of_a_recipe(tmp_path: Path) -> None:
+    data = write_tiny_cifar(tmp_path / "tiny")
+    done = bench("--data-dir", data, "--config", RECIPE, "--model", "c4net_tiny", "--batch-size", "32", "--epochs",
+                 "2", "--cpu", "--train-baseline", "--json", tmp_path / "baseline.json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == json.loads((tmp_path / "baseline.json").read_text())
+    assert [row["epoch"] for row in result["baseline_history"]] == [1, 2] and result["train_images"] == 240
+    last = result["baseline_history"][-1]
+    assert (result["baseline_test_accuracy"], result["baseline_train_accuracy"]) == (last["test_accuracy"],
+                                                                                      last["train_accuracy"])
+    assert result["config"]["lr"] == 0.02 and result["config"]["augment"] == "seed002_as_run"
+    assert "epoch 2/2: train loss" in done.stdout and "seed-style loop after 2 epochs: test accuracy" in done.stdout
+    assert "data pipeline" not in done.stdout  # the speed measurements are left out

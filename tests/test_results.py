@@ -1,5 +1,5 @@
 """Results you can check: test-time augmentation, shipping a run to results/, replaying its last epoch bit for bit,
-pretrained weights by name, and the README tables generated from results/.
+pretrained weights by name, and the documentation's tables generated from results/.
 
 The fast tests build run folders by hand; the slow ones train a 2-epoch run of the tiny net with train.py and take
 it through ship, --eval-only (1 and 2 processes) and cifar.replay, a tampered copy included.
@@ -20,11 +20,11 @@ from torch import nn
 
 from cifar import checkpoint as ckpt
 from cifar import results
-from cifar.aggregate import (LAYOUTS, RunFolderError, TableSection, markdown_table, read_run, section_body,
-                             section_folders, table_sections, update_readme)
+from cifar.aggregate import (LAYOUTS, RunFolderError, TableSection, markdown_table, main, pages_with_tables,
+                             read_run, section_body, section_folders, table_sections, update_tables)
 from cifar.config import TrainConfig
-from cifar.nets import build_net
-from cifar.replay import ReplayPlan, plan_replay, replay_command, weight_differences
+from cifar.pretrained import build_net
+from cifar.replay import ReplayPlan, compare_weights, plan_replay, replay_command
 from cifar.tta import tta_logits, tta_views
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,19 +227,22 @@ def test_replay_refuses_runs_outside_its_promise(tmp_path: Path) -> None:
         plan_replay(unreplayable)
 
 
-def test_weight_differences_find_a_single_flipped_bit(tmp_path: Path) -> None:
+def test_weight_comparison_finds_a_single_flipped_bit(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     weights, metadata = ckpt.load_weights(run / "model.safetensors")
     ckpt.save_weights(weights, tmp_path / "same.safetensors", {})  # metadata does not count, tensors do
-    assert weight_differences(run / "model.safetensors", tmp_path / "same.safetensors") == (len(weights), [])
+    same = compare_weights(run / "model.safetensors", tmp_path / "same.safetensors")
+    assert same.equal and same.tensors == len(weights) and same.lines() == []
     name = sorted(weights)[0]
     weights[name].view(-1).view(torch.int32)[0] ^= 1
     ckpt.save_weights(weights, tmp_path / "tampered.safetensors", metadata)
-    count, problems = weight_differences(run / "model.safetensors", tmp_path / "tampered.safetensors")
-    assert count == len(weights) and len(problems) == 1 and problems[0].startswith(f"{name}: 1 of ")
+    tampered = compare_weights(run / "model.safetensors", tmp_path / "tampered.safetensors")
+    assert tampered.tensors == len(weights) and not tampered.equal and not tampered.mismatches
+    [line] = tampered.lines()
+    assert line.startswith(f"{name}: 1 of ")
 
 
-# ---------------------------------------------------------------- README tables
+# ---------------------------------------------------------------- generated tables in the docs
 
 
 def test_markdown_table_has_one_row_per_recipe_with_mean_and_std(tmp_path: Path) -> None:
@@ -290,39 +293,58 @@ def test_a_table_marker_may_name_its_layout(tmp_path: Path) -> None:
     assert table_sections(text.replace("layout=claims ", ""))[0].layout == "recipes"
 
 
-def test_update_readme_replaces_only_the_marked_table(tmp_path: Path) -> None:
+def test_update_tables_replaces_only_the_marked_table(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- table:tiny results/tiny-* -->\nold text\n<!-- /table:tiny -->\n"
                       "<!-- table:other results/other-* -->\nkept\n<!-- /table:other -->\nend\n")
-    assert update_readme(readme, "tiny") == ["tiny"]
+    assert update_tables(readme, "tiny") == ["tiny"]
     text = readme.read_text()
     assert "_No finished run matches `results/tiny-*` yet._\n<!-- /table:tiny -->" in text and "kept\n" in text
     make_run(tmp_path / "results" / "tiny-seed0")
-    assert update_readme(readme) == ["tiny", "other"]
+    assert update_tables(readme) == ["tiny", "other"]
     tiny = table_sections(readme.read_text())[0]
     assert tiny.body == section_body(tiny, tmp_path) and "[0](results/tiny-seed0)" in tiny.body
-    assert update_readme(readme) == []  # generated text is stable
+    assert update_tables(readme) == []  # generated text is stable
     with pytest.raises(RunFolderError, match="no table 'nope'.*tiny, other"):
-        update_readme(readme, "nope")
+        update_tables(readme, "nope")
     (tmp_path / "results" / "tiny-broken").mkdir()
     with pytest.raises(RunFolderError, match="tiny-broken: no summary.json"):
-        update_readme(readme)
+        update_tables(readme)
 
 
-README_SECTIONS = table_sections((ROOT / "README.md").read_text())
+def test_update_docs_updates_every_page_with_a_table_its_links_relative_to_the_page(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path / "results" / "tiny-seed0")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text("<!-- table:a results/tiny-* -->\n<!-- /table:a -->\n")
+    (tmp_path / "docs" / "results.md").write_text("<!-- table:b ../results/tiny-* -->\n<!-- /table:b -->\n")
+    (tmp_path / "docs" / "plain.md").write_text("no table here\n")
+    pages = pages_with_tables(tmp_path)
+    assert pages == [tmp_path / "README.md", tmp_path / "docs" / "results.md"]
+    assert main(["--update-docs", *map(str, pages), "--section", "b"]) == 0
+    assert "[0](../results/tiny-seed0)" in pages[1].read_text() and "tiny-seed0" not in pages[0].read_text()
+    assert main(["--update-docs", *map(str, pages)]) == 0
+    assert "[0](results/tiny-seed0)" in pages[0].read_text()
+    assert capsys.readouterr().out.splitlines()[-1] == f"{pages[1]} is up to date"
+    assert main(["--update-docs", *map(str, pages), "--section", "nope"]) == 2
+    assert "no table 'nope'" in capsys.readouterr().err
 
 
-def test_readme_has_generated_tables() -> None:
-    assert README_SECTIONS, "README.md has no <!-- table:NAME GLOB... --> sections"
+DOC_TABLES = [(page, section) for page in pages_with_tables() for section in table_sections(page.read_text())]
 
 
-@pytest.mark.parametrize("section", README_SECTIONS, ids=[section.name for section in README_SECTIONS])
-def test_readme_tables_are_what_results_generate(section: TableSection) -> None:
-    if not section_folders(section, ROOT):
+def test_the_readme_has_generated_tables() -> None:
+    assert ROOT / "README.md" in {page for page, _ in DOC_TABLES}, "README.md has no <!-- table:NAME GLOB... -->"
+
+
+@pytest.mark.parametrize(("page", "section"), DOC_TABLES,
+                         ids=[f"{page.relative_to(ROOT)}:{section.name}" for page, section in DOC_TABLES])
+def test_doc_tables_are_what_results_generate(page: Path, section: TableSection) -> None:
+    if not section_folders(section, page.parent):
         pytest.skip(f"results/ has nothing for table {section.name!r} yet ({' '.join(section.patterns)})")
-    assert section.body == section_body(section, ROOT), (
-        f"README.md's table {section.name!r} differs from its results: run "
-        f"`python -m cifar.aggregate --update-readme README.md --section {section.name}`")
+    assert section.body == section_body(section, page.parent), (
+        f"{page.relative_to(ROOT)}'s table {section.name!r} differs from its results: run "
+        f"`python -m cifar.aggregate --update-docs --section {section.name}`")
 
 
 # ---------------------------------------------------------------- end to end (slow)
@@ -379,6 +401,7 @@ def test_replay_confirms_the_weights_bit_for_bit_and_catches_a_tampered_copy(fin
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "REPLAY MATCHES" in done.stdout and "1 process(es)" in done.stdout
+    assert "under the run's fingerprint" in done.stdout  # train.py recorded it, and this machine has it
     weights, metadata = ckpt.load_weights(shipped / "model.safetensors")
     name = sorted(weights)[0]
     weights[name].view(-1).view(torch.int32)[0] ^= 1
@@ -386,4 +409,4 @@ def test_replay_confirms_the_weights_bit_for_bit_and_catches_a_tampered_copy(fin
     done = subprocess.run([sys.executable, "-m", "cifar.replay", str(shipped)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "REPLAY DIFFERS: 1 of" in done.stdout and name in done.stdout and "the promise holds" in done.stdout
+    assert "REPLAY DIFFERS: 1 of" in done.stdout and name in done.stdout and "Same fingerprint" in done.stdout

@@ -15,7 +15,7 @@ backward run on fast kernels:
   output rectangle whose input lies in the image (:func:`depthwise_weight_grad`).
 
 :class:`Conv2d` is an ``nn.Conv2d`` (same parameters and state-dict keys) whose backward takes one of these
-paths where :func:`backward_path` says so (``bench_dilated_conv.py`` times them all). Its forward stays
+paths where :func:`backward_path` says so (``bench/dilated_conv.py`` times them all). Its forward stays
 oneDNN's dilated conv (faster than through the phases or the taps), so outputs are unchanged, and without a
 gradient (evaluation, the net analysis) it is ``nn.Conv2d`` itself. The input gradient equals the native one
 up to rounding; the weight gradient differs in the last bits (summation order), which is why the path is a
@@ -319,7 +319,7 @@ def backward_path(conv: nn.Conv2d, x: torch.Tensor) -> BackwardPath:
 
     Space-to-batch or the taps only on an x86 CPU (AVX2 or AVX-512), in float32 outside autocast, when a
     gradient of ``x`` or of the weight is wanted, for a configuration :func:`space_to_batch_supported`, and
-    there only where ``bench_dilated_conv.py`` measured forward + backward faster than native (every dilated
+    there only where ``bench/dilated_conv.py`` measured forward + backward faster than native (every dilated
     conv of the registered nets, one thread; speed-ups with AVX2 / with AVX-512):
     - depthwise (channel multiplier 1) at stride 1: the taps, at batch 512 and 256 (the machine shared with
       two trainings; each time the minimum of 5): channels-last 5.8-9.8× / 1.3-9.7× (5.2-9.7× at dilation 4,

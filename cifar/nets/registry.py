@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 from torch import nn
@@ -29,27 +28,18 @@ def list_nets() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_net(name: str, num_classes: int = 10, weights: str | Path | None = None) -> nn.Module:
-    """Build the registered net ``name``: freshly initialised, or with trained ``weights``.
-
-    ``weights`` is a ``.safetensors`` file, a train.py run folder or shipped result (``results/NAME``), a
-    checkpoint folder, or the NAME of a shipped result in the repository's ``results/``; the net then carries
-    ``pretrained_cfg`` (the normalisation its inputs need, the class names). See :mod:`cifar.results`.
+def build_net(name: str, num_classes: int = 10) -> nn.Module:
+    """Build the registered net ``name``, freshly initialised. For trained weights by name or path, see
+    :func:`cifar.pretrained.build_net`, which builds through this.
 
     Raises:
         ValueError: ``name`` is not registered.
-        cifar.checkpoint.CheckpointError: the weights are not found, hold another net, or do not fit.
     """
     try:
         factory = _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown net {name!r}; valid names: {', '.join(list_nets())}") from None
-    net = factory(num_classes=num_classes)
-    if weights is not None:
-        # Imported here: cifar.results reads weights through cifar.checkpoint, which builds nets with this module.
-        from cifar.results import load_pretrained
-        load_pretrained(net, name, weights)
-    return net
+    return factory(num_classes=num_classes)
 
 
 def net_description(name: str) -> str:

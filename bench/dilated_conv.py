@@ -1,9 +1,9 @@
 """Every dilated conv of the registered nets on this CPU: oneDNN's own path against space-to-batch and, for
 depthwise convs at stride 1, the taps path, per layer shape.
 
-    python bench_dilated_conv.py                                  # batch 256 and 128, 1 and 2 threads, both layouts
-    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python bench_dilated_conv.py   # as on a CPU without AVX-512
-    python bench_dilated_conv.py --nets c4net --batch-sizes 256 --threads 1
+    python bench/dilated_conv.py                                  # batch 256 and 128, 1 and 2 threads, both layouts
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python bench/dilated_conv.py   # as on a CPU without AVX-512
+    python bench/dilated_conv.py --nets c4net --batch-sizes 256 --threads 1
 
 One row per distinct dilated conv (configuration and input size, with the net layers that have it), batch
 size, thread count and memory format: milliseconds of the forward and of the backward (input and weight
@@ -23,14 +23,19 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cifar.nets import build_net, dilated, list_nets
-from cifar.nets.dilated import PhaseLayout, depthwise_taps_conv2d, from_phases, space_to_batch_conv2d, to_phases
+# Run as a script from a checkout (`python bench/dilated_conv.py`), Python puts bench/ on the path, not the
+# repository root that holds the library; an installed library (`pip install -e .`) needs no help.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+from cifar.nets import build_net, dilated, list_nets  # noqa: E402
+from cifar.nets.dilated import (PhaseLayout, depthwise_taps_conv2d, from_phases,  # noqa: E402
+                                 space_to_batch_conv2d, to_phases)
 
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
