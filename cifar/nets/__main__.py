@@ -29,14 +29,15 @@ def _failed(report: NetReport) -> list[str]:
 
 def nets_table(reports: list[NetReport]) -> str:
     """One row per net."""
-    header = f"{'net':<12} {'params':>9} {'RF':>5} {'MMACs':>8}  {'constraints':<28} description"
+    width = max(len("net"), *(len(report.name) for report in reports))
+    header = f"{'net':<{width}} {'params':>9} {'RF':>5} {'MMACs':>8}  {'constraints':<28} description"
     rows = [header, "-" * len(header)]
     for report in reports:
         failed = _failed(report)
         met = "all met" if not failed else "fails: " + ", ".join(failed)
         default = " (default)" if report.name == DEFAULT_NET else ""
         rows.append(
-            f"{report.name:<12} {report.params:>9,} {report.receptive_field:>5} {report.macs / 1e6:>8.2f}  "
+            f"{report.name:<{width}} {report.params:>9,} {report.receptive_field:>5} {report.macs / 1e6:>8.2f}  "
             f"{met:<28} {net_description(report.name)}{default}"
         )
     return "\n".join(rows)

@@ -249,16 +249,36 @@ C4NEXT_SPECS: dict[str, C4NextSpec] = {
         stages=(NextStageSpec(40, 2, 1, (Branch(3),), 2.0), NextStageSpec(80, 2, 2, (Branch(3),), 2.0),
                 NextStageSpec(104, 1, 2, DILATED_MIXER, 2.0), NextStageSpec(112, 1, 1, (Branch(3, dilation=2),), 2.0)),
         block="metaformer", activation="relu", layer_scale=None),
+    # c4next_m's blocks with more of the work at 32×32 (3 blocks of 48): 53 MMACs, the parameters moved out of C3/C4.
+    "c4next_m_deep32": C4NextSpec(
+        stages=(NextStageSpec(48, 3, 1, (Branch(3),), 2.0), NextStageSpec(96, 2, 2, (Branch(3),), 2.0),
+                NextStageSpec(96, 1, 2, DILATED_MIXER, 2.0), NextStageSpec(96, 1, 1, (Branch(3, dilation=2),), 2.0)),
+        block="metaformer", activation="relu", layer_scale=None),
+    # c4next_m with 5×5 depthwise kernels: each block sees more, for 16 more MACs per channel-pixel.
+    "c4next_m_k5": C4NextSpec(
+        stages=(NextStageSpec(40, 2, 1, (Branch(5),), 2.0), NextStageSpec(80, 2, 2, (Branch(5),), 2.0),
+                NextStageSpec(104, 1, 2, (Branch(5), Branch(3, dilation=2)), 2.0),
+                NextStageSpec(112, 1, 1, (Branch(3, dilation=2),), 2.0)),
+        block="metaformer", activation="relu", layer_scale=None),
 }
 TINY_C4NEXT = "c4next_tiny"
+
+
+def _branch_name(branch: Branch) -> str:
+    """``id``, ``k3``, ``k7d3``, ``pk7d3`` (pooled first): a branch in the net's description."""
+    if branch.kernel_size == 0:
+        return "id"
+    return f"{'p' if branch.pool else ''}k{branch.kernel_size}{f'd{branch.dilation}' if branch.dilation > 1 else ''}"
 
 
 def _register(name: str, spec: C4NextSpec) -> None:
     def factory(num_classes: int = 10) -> CifarNet:
         return c4next_from_spec(spec, num_classes)
 
-    factory.__doc__ = f"c4next, {spec.block} blocks, widths {'/'.join(str(s.width) for s in spec.stages)}, " \
-                      f"depths {'/'.join(str(s.depth) for s in spec.stages)}, {spec.stem} stem"
+    factory.__doc__ = (f"c4next, {spec.block} blocks, widths {'/'.join(str(s.width) for s in spec.stages)}, "
+                       f"depths {'/'.join(str(s.depth) for s in spec.stages)}, "
+                       f"mixers {'/'.join('+'.join(map(_branch_name, s.branches)) for s in spec.stages)}, "
+                       f"{spec.stem} stem")
     register_net(name)(factory)
 
 
