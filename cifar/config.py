@@ -71,7 +71,7 @@ class TrainConfig:
                                     "auto: torch on a GPU, albumentations on a CPU", AUGMENT_BACKENDS)
     seed: int = _setting(0, "seed of the net's init, the data order, the augmentation and the splits")
     mixed_precision: str = _setting("auto", "auto: bf16 where the hardware runs it natively (GPUs with bf16, "
-                                            "CPUs with AMX), else no", MIXED_PRECISION)
+                                            "CPUs with AMX or AVX512-BF16), else no", MIXED_PRECISION)
     cpu: bool = _setting(False, "train on the CPU even when a GPU is there (with several processes: gloo)")
     subset: int | None = _setting(None, "train on a stratified subset of N training images")
     val_size: int = _setting(0, "hold out a stratified validation split of N training images (selects best)")

@@ -10,7 +10,7 @@ import re
 import resource
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,20 +46,54 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 autocast runs natively here, which is what ``--mixed-precision auto`` trains in.
+# The CPU flags the bf16 rule reads, as Linux's cpuinfo names them, with the torch query that tells each: torch's
+# (cpuinfo's) checks also see whether the OS enabled the registers, and work where there is no /proc/cpuinfo.
+_BF16_FLAG_QUERIES = {"amx_tile": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}
 
-    On a GPU, bf16 in hardware (torch also counts emulated bf16, V100 and T4, which is slower than fp32). On a
-    CPU, AMX: oneDNN runs the dense and pointwise convs on its bf16 tiles (c4net, batch 512, 2 processes on 2
-    cores of a Xeon with AMX: 783 img/s in bf16, 617 in fp32; the depthwise convs stay fp32, cifar.nets.dilated;
-    docs/speed.md). Without AMX oneDNN has no fast bf16 kernels on a CPU, so fp32 stays.
+
+def cpu_flags() -> frozenset[str]:
+    """Which of the flags :func:`cpu_bf16_path` reads this CPU has (torch's queries are private: a build without
+    one counts as a CPU without the flag)."""
+    import torch
+
+    return frozenset(flag for flag, query in _BF16_FLAG_QUERIES.items()
+                     if getattr(torch.cpu, query, lambda: False)())
+
+
+def cpu_bf16_path(flags: Collection[str]) -> str | None:
+    """The bf16 path oneDNN takes on a CPU with these flags where bf16 autocast pays, or None where fp32 stays.
+
+    A fixed rule on the flags, never a run-time timing, so that a resumed run trains as an uninterrupted one.
+    - "AMX" (``amx_tile``): oneDNN runs the dense and pointwise convs and the linear layer on its bf16 tiles
+      (``brg_conv_*:avx10_1_512_amx``): c4net, batch 512, 2 processes on 2 cores of a Xeon with AMX, 783 img/s in
+      bf16 against 617 in fp32; c4net_deep16's step alone, batch 128, channels-last, 1 thread: 1.49x fp32.
+    - "AVX512-BF16" (``avx512_bf16`` without AMX: AMD Zen 4): oneDNN runs the same layers on its
+      ``avx512_core_bf16`` kernels (``brg_conv_fwd``, ``brg_conv_bwd``, ``brgconv_1x1``, ``jit_bf16``,
+      ``jit_bf16_1x1``, ``brg_matmul``; ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 ONEDNN_VERBOSE=1`` on a Xeon,
+      ``bench/onednn_kernels.py``). Measured on an AMD EPYC Zen 4 (c4net_deep16's step alone, batch 128,
+      channels-last, 1 thread): bf16 autocast 356 and 338 img/s against fp32 272 and 247, 1.35x. (Held to that
+      level on the Xeon the same kernels ran 0.84x its fp32 ones: how bf16 dot products compare with fp32 FMAs
+      differs between the two designs, so only the Zen 4's own figure decides.)
+    - None otherwise (AVX2, AVX-512 without bf16): no bf16 arithmetic in hardware, bf16 would be emulated.
+    On both paths the depthwise convs stay fp32 (``cifar.nets.dilated.Conv2d``): their bf16 kernels are oneDNN's
+    generic ones for a dilated or strided depthwise backward at either level (docs/speed.md).
     """
+    if "amx_tile" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX512-BF16"
+    return None
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast runs natively here, which is what ``--mixed-precision auto`` trains in: on a CPU where
+    :func:`cpu_bf16_path` names a path; on a GPU with bf16 in hardware (torch also counts emulated bf16, V100 and
+    T4, which is slower than fp32)."""
     import torch
 
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private: absent from some builds
-    return device.type == "cpu" and amx is not None and amx()
+    return device.type == "cpu" and cpu_bf16_path(cpu_flags()) is not None
 
 
 def peak_memory_mb(device: torch.device) -> float:

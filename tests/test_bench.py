@@ -4,6 +4,7 @@ seed-style loop trained to the end of a recipe (--train-baseline), the plain-loo
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,15 @@ def test_the_dilated_conv_bench_runs_from_anywhere(tmp_path: Path) -> None:
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "c4net_tiny:features" in done.stdout and "taps" in done.stdout
+
+
+def test_the_onednn_kernel_report_runs_from_anywhere(tmp_path: Path) -> None:
+    """bench/onednn_kernels.py: every precision timed, and oneDNN's kernels listed by layer kind."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "onednn_kernels.py"), "--batch-size", "4",
+                           "--reps", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert all(word in done.stdout for word in ("fp32", "bf16", "bf16 dw", "depthwise", "pointwise")), done.stdout
 
 
 RECIPE = ROOT / "recipes" / "seed002_as_run.yaml"

@@ -1,4 +1,5 @@
-"""What the trainer reads off the machine: usable CPUs and the DataLoader workers it picks from them."""
+"""What the trainer reads off the machine: usable CPUs, the DataLoader workers it picks from them, and whether
+a CPU trains in bf16 under --mixed-precision auto."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifar.hardware import hardware_spans, loader_workers, native_bf16, usable_cpus
+from cifar import hardware
+from cifar.hardware import cpu_bf16_path, cpu_flags, hardware_spans, loader_workers, native_bf16, usable_cpus
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,10 +75,37 @@ def test_hardware_spans_name_one_machine_once_and_a_moved_run_by_its_epochs() ->
     assert hardware_spans([*moved, {"epoch": 4, "hardware": gpu}]).endswith(f"{cpu} (epoch 3); {gpu} (epoch 4)")
 
 
-def test_a_cpu_runs_bf16_natively_where_it_has_amx() -> None:
+# Flag sets as Linux's cpuinfo lists them (the rule reads two of them; the others must not sway it).
+ZEN3 = {"avx2", "fma", "sse4_2"}
+SKYLAKE_X = ZEN3 | {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}
+ZEN4 = SKYLAKE_X | {"avx512_bf16"}
+SAPPHIRE_RAPIDS = ZEN4 | {"amx_bf16", "amx_tile", "amx_int8"}
+
+
+@pytest.mark.parametrize("flags, path", [
+    (SAPPHIRE_RAPIDS, "AMX"),
+    (ZEN4, "AVX512-BF16"),
+    (SKYLAKE_X, None),   # AVX-512 without bf16: oneDNN has no bf16 kernels there
+    (ZEN3, None),
+    (set(), None),       # a CPU torch could not query, or not x86
+])
+def test_the_bf16_path_is_named_by_the_cpu_flags(flags: set[str], path: str | None) -> None:
+    assert cpu_bf16_path(flags) == path
+
+
+@pytest.mark.parametrize("flags, bf16", [(SAPPHIRE_RAPIDS, True), (ZEN4, True), (SKYLAKE_X, False), (ZEN3, False)])
+def test_auto_picks_bf16_on_a_cpu_with_amx_or_avx512_bf16(monkeypatch: pytest.MonkeyPatch, flags: set[str],
+                                                        bf16: bool) -> None:
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    assert native_bf16(torch.device("cpu")) is bf16
+
+
+def test_the_flags_the_rule_reads_are_the_ones_linux_lists() -> None:
+    """torch's queries (cifar.hardware.cpu_flags) against /proc/cpuinfo on this CPU, whatever it is."""
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.is_file():
-        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
-    flags = {flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
-             for flag in line.split(":", 1)[1].split()}
-    assert native_bf16(torch.device("cpu")) == ("amx_bf16" in flags)
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from (not Linux)")
+    listed = {flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
+              for flag in line.split(":", 1)[1].split()}
+    assert cpu_flags() == {"amx_tile", "avx512_bf16"} & listed
+    assert native_bf16(torch.device("cpu")) == bool({"amx_bf16", "avx512_bf16"} & listed)
