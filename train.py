@@ -54,8 +54,8 @@ from cifar.batch_augment import BatchAugment, DeviceBatches, resolve_augment_bac
 from cifar.config import ConfigError, TrainConfig, parse_config, save_yaml, trajectory_differences
 from cifar.data import CifarArrays, CifarDataError, load_cifar, stratified_split, stratified_subset
 from cifar.files import write_atomic
-from cifar.hardware import (bitwise_fingerprint, device_name, hardware_spans, loader_workers, native_bf16,
-                            peak_memory_mb, usable_cpus)
+from cifar.hardware import (bitwise_fingerprint, device_name, hardware_spans, library_isas, loader_workers,
+                            native_bf16, peak_memory_mb, usable_cpus)
 from cifar.metrics import confusion_matrix, per_class_table
 from cifar.nets import build_net
 from cifar.nets.whitening import fit_patch_whitening
@@ -295,10 +295,12 @@ def train(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays, feed: F
             # Kept for good (never pruned): the last epoch can be trained again from it and checked bit for bit.
             progress.last_epoch_start = ckpt.checkpoint_name(progress.global_step)
             checkpoint()
-        seconds, images = run_epoch(cfg, accelerator, learner.model, learner.plain_net, learner.optimizer,
-                                    learner.schedule, learner.ema, feed.loader, feed.batches, progress, stop,
-                                    checkpoint)
+        seconds, images, halt = run_epoch(cfg, accelerator, learner.model, learner.plain_net, learner.optimizer,
+                                          learner.schedule, learner.ema, feed.loader, feed.batches, progress, stop,
+                                          checkpoint)
         end_epoch(cfg, accelerator, data, feed, learner, progress, seconds, images, checkpoint)
+        if halt is not None:
+            raise halt
 
 
 def end_epoch(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays, feed: Feed, learner: Learner,
@@ -379,9 +381,10 @@ def saving(accelerator: Accelerator, cfg: TrainConfig, what: str, folder: Path) 
 def run_epoch(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module, plain_net: torch.nn.Module,
               optimizer: Any, schedule: Any, ema: AveragedModel | None, loader: DataLoader | DeviceBatches,
               batches: TrainBatches, progress: Progress, stop: StopRequest,
-              checkpoint: Callable[[], None]) -> tuple[float, int]:
+              checkpoint: Callable[[], None]) -> tuple[float, int, RunStopped | None]:
     """Optimizer steps from ``progress.step_in_epoch`` to the epoch's end, checkpointing on the way; returns
-    the seconds and images of this process's share of the epoch (all of it unless resumed mid-epoch).
+    the seconds and images of this process's share of the epoch (all of it unless resumed mid-epoch), and the stop
+    to raise once the epoch is ended where a stop came with its last step. Raises RunStopped mid-epoch.
 
     One all-reduce per step carries the step's loss sum, correct count, image count and any stop request, so
     every process sees the same numbers, stops at the same step and exits with the same code; the host reads
@@ -390,6 +393,7 @@ def run_epoch(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module
     batches.set_epoch(progress.epoch, progress.step_in_epoch)
     epoch_start = segment_start = time.perf_counter()
     images = 0
+    halt: RunStopped | None = None
     model.train()
     micro_batches = iter(loader)
     lagged = LaggedTotals(lag=1)
@@ -458,22 +462,27 @@ def run_epoch(cfg: TrainConfig, accelerator: Accelerator, model: torch.nn.Module
             if stopped is not None:
                 for step in lagged.ready(drain=True):
                     settle(step)
-                progress.train_seconds += time.perf_counter() - segment_start
-                checkpoint()
                 # A requeue is the scheduler's decision and wins; otherwise a Ctrl-C anywhere says "interrupted".
                 code = EXIT_INTERRUPTED if stopped.interrupts and not stopped.requeues else EXIT_STOPPED
                 # The default output folder is named by the start time: a resume has to be told which it was.
-                raise RunStopped(f"stopped by {stop.requested or 'a signal to another process'} at step "
-                                 f"{progress.global_step}; checkpoint saved. Run the same command with --resume auto "
-                                 f"to continue (adding --output-dir {cfg.output_dir} if it has none).", code,
-                                 requeue=stopped.requeues > 0)
+                halt = RunStopped(f"stopped by {stop.requested or 'a signal to another process'} at step "
+                                  f"{progress.global_step}; checkpoint saved. Run the same command with --resume auto "
+                                  f"to continue (adding --output-dir {cfg.output_dir} if it has none).", code,
+                                  requeue=stopped.requeues > 0)
+                if not mid_epoch:
+                    # The epoch's steps are all done: end it as usual (evaluation, its checkpoint, its W&B row) before
+                    # stopping, or a resumed run would log that row at a step W&B has already closed, and lose it.
+                    break
+                progress.train_seconds += time.perf_counter() - segment_start
+                checkpoint()
+                raise halt
             if checkpoint_due and mid_epoch:
                 progress.train_seconds += time.perf_counter() - segment_start
                 checkpoint()
                 segment_start = time.perf_counter()
     now = time.perf_counter()
     progress.train_seconds += now - segment_start
-    return now - epoch_start, images
+    return now - epoch_start, images, halt
 
 
 @dataclass
@@ -740,8 +749,11 @@ def plot_augmented_samples(train_set: AugmentedDataset, loader: DataLoader | Dev
 
 
 def hardware(accelerator: Accelerator) -> str:
+    # On a CPU, oneDNN's instruction set (the fingerprint's) says which kernels trained the run: in bf16, AMX tiles
+    # ("... Intel AMX with bfloat16 ...") or AVX512-BF16 ("... Intel DL Boost and bfloat16 support", a Zen 4).
+    kernels = f" (oneDNN: {library_isas()[0]})" if accelerator.device.type == "cpu" else ""
     return (f"{accelerator.num_processes} process(es) on {device_name(accelerator.device)}, "
-            f"{accelerator.distributed_type.value}, mixed precision {accelerator.mixed_precision}, "
+            f"{accelerator.distributed_type.value}, mixed precision {accelerator.mixed_precision}{kernels}, "
             f"torch {torch.__version__}")
 
 

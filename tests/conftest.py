@@ -7,6 +7,7 @@ import random
 import signal
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -19,6 +20,19 @@ os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
 KILL_SEED_VARIABLE = "CIFAR_TEST_KILL_SEED"
 
 T = TypeVar("T")
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-epoch run of the tiny net (7 steps an epoch), as train.py writes it, in fp32 (replay's promise) even
+    where --mixed-precision auto would pick bf16. Tests read it; those that change a run change a shipped copy."""
+    from tests.test_train import BASE, train
+    from tests.tiny_data import write_tiny_cifar
+    data = write_tiny_cifar(tmp_path_factory.mktemp("data") / "tiny")
+    out = tmp_path_factory.mktemp("finished") / "run"
+    done = train(*BASE, "--data-dir", data, "--epochs", "2", "--output-dir", out, "--mixed-precision", "no")
+    assert done.returncode == 0, done.stderr
+    return out
 
 
 @pytest.fixture

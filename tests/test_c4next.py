@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,8 +18,8 @@ from cifar.nets.c4next import (C4NEXT_SPECS, TINY_C4NEXT, Branch, C4NextSpec, Ne
                                c4next_from_spec)
 from cifar.nets.whitening import PatchWhitening, fit_patch_whitening, patch_covariance, patch_whitening_filters
 from cifar.optim import param_groups
-from tests.test_train import (BASE, ROOT, assert_resumed, assert_same_run, command, newest_step, tiny,  # noqa: F401
-                              train)
+from tests.test_train import (BASE, ROOT, assert_resumed, assert_same_run, command, newest_step,
+                              sigterm_after_a_checkpoint, tiny, train)  # noqa: F401 (tiny: the fixture)
 
 C4NEXT_NETS = [name for name in list_nets() if name.startswith("c4next")]
 STAGES = C4NEXT_SPECS["c4next_m"].stages
@@ -164,12 +162,7 @@ def test_a_whitening_run_resumes_exactly_and_evaluates_with_the_filters_it_train
 
     out = tmp_path / "run"
     cmd = command(*args, "--output-dir", out, "--resume", "auto")
-    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while newest_step(out) < 2 and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 75, stderr
+    sigterm_after_a_checkpoint(cmd, out)
     step = newest_step(out)
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -204,18 +204,6 @@ def test_the_probe_sees_the_level_the_libraries_are_held_to() -> None:
         f"MKL's instruction set {here['mkl_isa']} there, {capped['mkl_isa']} here"]
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-epoch fp32 run of the tiny net (7 steps an epoch), as train.py writes it."""
-    from tests.test_train import BASE, train
-    from tests.tiny_data import write_tiny_cifar
-    data = write_tiny_cifar(tmp_path_factory.mktemp("data") / "tiny")
-    out = tmp_path_factory.mktemp("finished") / "run"
-    done = train(*BASE, "--data-dir", data, "--epochs", "2", "--output-dir", out, "--mixed-precision", "no")
-    assert done.returncode == 0, done.stderr
-    return out
-
-
 @pytest.mark.slow
 def test_a_run_records_its_fingerprint_in_the_summary_and_every_checkpoint(finished: Path) -> None:
     recorded = results.read_summary(finished)["fingerprint"]

@@ -350,19 +350,6 @@ def test_doc_tables_are_what_results_generate(page: Path, section: TableSection)
 # ---------------------------------------------------------------- end to end (slow)
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-epoch run of the tiny net (7 steps an epoch), as train.py writes it, in fp32 (replay's promise) even
-    where --mixed-precision auto would pick bf16."""
-    from tests.test_train import BASE, train
-    from tests.tiny_data import write_tiny_cifar
-    data = write_tiny_cifar(tmp_path_factory.mktemp("data") / "tiny")
-    out = tmp_path_factory.mktemp("finished") / "run"
-    done = train(*BASE, "--data-dir", data, "--epochs", "2", "--output-dir", out, "--mixed-precision", "no")
-    assert done.returncode == 0, done.stderr
-    return out
-
-
 @pytest.mark.slow
 def test_a_run_records_tta_and_what_a_replay_needs(finished: Path) -> None:
     summary = json.loads((finished / "summary.json").read_text())

@@ -225,13 +225,16 @@ def test_a_run_writes_what_it_promises(straight: Path) -> None:
         assert {"lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", *TIMINGS} <= set(row)
         assert row["train_images"] == 200
     saved = (straight / "config.yaml").read_text()
-    # --mixed-precision auto on a CPU: bf16 where it has AMX (cifar.hardware.native_bf16), else fp32.
+    # --mixed-precision auto on a CPU: bf16 where it has AMX or AVX512-BF16 (cifar.hardware.native_bf16), else fp32;
+    # so the resume tests that compare with this run resume in bf16 exactly where the CPU runs bf16 natively.
     assert f"mixed_precision: {'bf16' if native_bf16(torch.device('cpu')) else 'no'}\n" in saved
     assert "num_workers: 1\n" in saved
     summary = json.loads((straight / "summary.json").read_text())
     assert summary["test_images"] == 100 and summary["params"] == 3858 and summary["receptive_field"] > 44
     assert summary["test_acc"] == history[-1]["test_acc"]
     assert summary["hardware"].startswith("1 process(es) on CPU")
+    # Which kernels trained it (a bf16 run on AMX tiles or on AVX512-BF16), as the fingerprint names them.
+    assert f"(oneDNN: {summary['fingerprint']['onednn_isa']})" in summary["hardware"]
     assert {row["hardware"] for row in history} == {summary["hardware"]}
     best = max(history, key=lambda row: row["val_acc"])  # the first of equals, as the trainer keeps it
     assert summary["best_val_acc"] == best["val_acc"] and summary["best_epoch"] == best["epoch"]
@@ -299,20 +302,25 @@ def test_torch_augmentation_backend_trains_and_resumes_bit_identically(tiny: Pat
     assert_same_run(reference, kill_rounds.retry(attempt))
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_75_then_resumes_exactly(tiny: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", [
+    "no",
+    pytest.param("bf16", marks=pytest.mark.skipif(
+        not native_bf16(torch.device("cpu")),
+        reason="exact resume in bf16 is tested where the CPU runs bf16 natively (AMX or AVX512-BF16: "
+               "cifar.hardware.cpu_bf16_path); here autocast would emulate it, a path --mixed-precision auto never "
+               "takes")),
+])
+def test_sigterm_saves_a_checkpoint_and_exits_75_then_resumes_exactly(tiny: Path, tmp_path: Path,
+                                                                      precision: str) -> None:
     """Also with --ema and --channels-last: the EMA's state is part of the checkpoint."""
-    args = [*BASE, "--data-dir", tiny, "--epochs", "2", "--ema", "--ema-decay", "0.9", "--channels-last"]
+    args = [*BASE, "--data-dir", tiny, "--epochs", "2", "--ema", "--ema-decay", "0.9", "--channels-last",
+            "--mixed-precision", precision]
     reference = tmp_path / "straight"
     result = train(*args, "--output-dir", reference)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "run"
     cmd = command(*args, "--output-dir", out, "--resume", "auto")
-    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while newest_step(out) < 2 and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 75, stderr
+    stderr = sigterm_after_a_checkpoint(cmd, out)
     assert "stopped by SIGTERM" in stderr and "--resume auto" in stderr
     step = newest_step(out)
     assert ckpt.verify_checkpoint(out / "checkpoints" / ckpt.checkpoint_name(step))
@@ -322,6 +330,18 @@ def test_sigterm_saves_a_checkpoint_and_exits_75_then_resumes_exactly(tiny: Path
     assert result.returncode == 0, result.stderr
     assert_resumed(result.stdout, step)
     assert_same_run(reference, out)
+
+
+def sigterm_after_a_checkpoint(cmd: list[str], run: Path) -> str:
+    """Start ``cmd``, send SIGTERM once ``run`` holds a checkpoint of step 2 or later; the run must stop with exit 75
+    (checkpoint saved). Returns its stderr."""
+    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while newest_step(run) < 2 and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 75, stderr
+    return stderr
 
 
 def assert_interrupted_with_a_checkpoint(ending: Ending, run: Path) -> None:
@@ -385,7 +405,7 @@ def test_eval_only_reports_accuracy_and_a_per_class_table(tiny: Path, straight: 
 def test_a_bf16_run_on_the_cpu_is_evaluated_in_fp32_during_training_and_after(tiny: Path, tmp_path: Path) -> None:
     """accelerator.prepare() runs the net's forward under autocast in bf16; evaluation on a CPU must not follow
     it. The loss train.py reports for the bf16-trained weights is the fp32 one --eval-only prints, whatever
-    --mixed-precision says there (bf16 autocast runs on any CPU, natively with AMX)."""
+    --mixed-precision says there (bf16 autocast runs on any CPU, natively with AMX or AVX512-BF16)."""
     out = tmp_path / "run"
     result = train(*BASE, "--data-dir", tiny, "--epochs", "4", "--lr", "0.2", "--mixed-precision", "bf16",
                    "--output-dir", out)
@@ -500,7 +520,7 @@ def test_sync_bn_on_two_processes_matches_one_process_with_the_same_global_batch
     # A small LR and NCHW keep the float noise of another summation order small enough to tell apart: at BASE's
     # 0.05 it grew to 1e-3 in these 7 steps for some augmentation draws (even between 1 and 2 threads in one
     # process), and in channels-last to 3e-4 even at 0.005; NCHW at 0.005 stays near 1e-7. fp32, where auto would
-    # pick bf16 (a CPU with AMX): bf16 rounding alone moved a weight by 1.3e-3.
+    # pick bf16 (a CPU with AMX or AVX512-BF16): bf16 rounding alone moved a weight by 1.3e-3.
     args = [*BASE, "--data-dir", tiny, "--epochs", "1", "--val-size", "0", "--lr", "0.005", "--no-channels-last",
             "--mixed-precision", "no"]
     one = train(*args, "--output-dir", tmp_path / "one")
@@ -547,19 +567,23 @@ def wandb_values(run_file: Path, key: str) -> list[str]:
     return values
 
 
-def test_wandb_offline_writes_a_run_and_a_resumed_run_continues_it(tiny: Path, tmp_path: Path) -> None:
-    """The first start writes its W&B files into the output folder; the resumed one honours WANDB_DIR."""
+@pytest.mark.parametrize("stop_step", [4, 7])
+def test_wandb_offline_writes_a_run_and_a_resumed_run_continues_it(tiny: Path, tmp_path: Path, stop_step: int) -> None:
+    """The first start writes its W&B files into the output folder; the resumed one honours WANDB_DIR. Stopped in
+    the middle of an epoch, or with its last step (7): that epoch is ended before the stop, so its row is logged
+    once, at a step the resumed run has not passed."""
     out = tmp_path / "run"
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     args = [*BASE, "--data-dir", tiny, "--epochs", "2", "--output-dir", out, "--wandb", "--wandb-group", "g1",
             "--wandb-tags", "tiny,test", "--log-every", "1", "--resume", "auto"]
-    process = subprocess.Popen(command(*args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, **env})
-    while newest_step(out) < 3 and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGUSR1)  # what SLURM's --signal sends before a time limit
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 75 and "stopped by SIGUSR1" in stderr, stderr
+    # SIGUSR1 (what SLURM's --signal sends before a time limit) at an exact step, not after a race with a clock.
+    stopped = subprocess.run([sys.executable, "-m", "tests.faults", f"sigusr1-after-step={stop_step - 1}",
+                              *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, **env})
+    assert stopped.returncode == 75, stopped.stderr
+    assert f"stopped by SIGUSR1 at step {stop_step}; checkpoint saved" in stopped.stderr, stopped.stderr
+    ended_epochs = len((out / "metrics.jsonl").read_text().splitlines())
+    assert ended_epochs == (1 if stop_step == 7 else 0)
     wandb_dir = tmp_path / "scratch"
     wandb_dir.mkdir()
     step = newest_step(out)
