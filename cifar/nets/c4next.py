@@ -26,7 +26,7 @@ from torch import nn
 
 from cifar.nets import dilated
 from cifar.nets.layers import CifarNet, ClassifierHead, DepthwiseSeparableConv, same_padding
-from cifar.nets.registry import register_net
+from cifar.nets.registry import register_spec
 from cifar.nets.whitening import PatchWhitening
 
 BLOCK_KINDS = ("metaformer", "inverted")
@@ -271,20 +271,14 @@ def _branch_name(branch: Branch) -> str:
     return f"{'p' if branch.pool else ''}k{branch.kernel_size}{f'd{branch.dilation}' if branch.dilation > 1 else ''}"
 
 
-def _register(name: str, spec: C4NextSpec) -> None:
-    def factory(num_classes: int = 10) -> CifarNet:
-        return c4next_from_spec(spec, num_classes)
-
-    factory.__doc__ = (f"c4next, {spec.block} blocks, widths {'/'.join(str(s.width) for s in spec.stages)}, "
-                       f"depths {'/'.join(str(s.depth) for s in spec.stages)}, "
-                       f"mixers {'/'.join('+'.join(map(_branch_name, s.branches)) for s in spec.stages)}, "
-                       f"{spec.stem} stem")
-    register_net(name)(factory)
+def _description(spec: C4NextSpec) -> str:
+    return (f"c4next, {spec.block} blocks, widths {'/'.join(str(s.width) for s in spec.stages)}, "
+            f"depths {'/'.join(str(s.depth) for s in spec.stages)}, "
+            f"mixers {'/'.join('+'.join(map(_branch_name, s.branches)) for s in spec.stages)}, {spec.stem} stem")
 
 
 C4NEXT_SPECS["c4next_m_whiten"] = replace(C4NEXT_SPECS["c4next_m"], stem="whiten")
 
-for _name, _spec in C4NEXT_SPECS.items():
-    _register(_name, _spec)
 # The whitening stem and the split mixer: the tiny net takes every path a test can reach.
-_register(TINY_C4NEXT, replace(C4NEXT_SPECS["c4next_split"], stem="whiten").scaled(4))
+for _name, _spec in {**C4NEXT_SPECS, TINY_C4NEXT: replace(C4NEXT_SPECS["c4next_split"], stem="whiten").scaled(4)}.items():
+    register_spec(_name, c4next_from_spec, _spec, _description(_spec))

@@ -19,7 +19,7 @@ from torch import nn
 
 from cifar.nets import dilated
 from cifar.nets.layers import CifarNet, ClassifierHead, DepthwiseSeparableConv, same_padding
-from cifar.nets.registry import register_net
+from cifar.nets.registry import register_spec
 
 DEFAULT_NET = "c4net_deep16"
 # The family's net for CPU tests: the same blocks at 1/8 of c4net's width, so a run takes seconds.
@@ -96,12 +96,6 @@ C4NET_STAGES = (
 )
 
 
-@register_net("c4net")
-def c4net(num_classes: int = 10) -> CifarNet:
-    """First layout: residual C1C2C3C4, separable C2-C4, dilation 2/4 in C3/C4, GAP + linear."""
-    return c4net_from_stages(C4NET_STAGES, num_classes)
-
-
 # The MACs of c4net with a quarter more parameters, moved into a deeper 16×16 stage (5 separable convs instead
 # of 3); C1 narrower (its dense 32×32 convs are c4net's costliest layers); C4 at dilation 2, since dilation 4 on
 # an 8×8 map mostly reads padding.
@@ -111,12 +105,6 @@ C4NET_DEEP16_STAGES = (
     StageSpec(width=144, depth=1, stride=2, dilation=2),
     StageSpec(width=160, depth=1, stride=1, dilation=2),
 )
-
-
-@register_net(DEFAULT_NET)
-def c4net_deep16(num_classes: int = 10) -> CifarNet:
-    """Default: c4net's MACs, 196k params, a deeper 16×16 stage, narrower C1, dilation 2 in C3 and C4."""
-    return c4net_from_stages(C4NET_DEEP16_STAGES, num_classes)
 
 
 # c4net_deep16's parameters spent on width where the maps are large: separable blocks of 64 channels at 32×32 and 128
@@ -130,12 +118,6 @@ C4NET_W64_STAGES = (
 )
 
 
-@register_net("c4net_w64")
-def c4net_w64(num_classes: int = 10) -> CifarNet:
-    """Wide C1/C2: separable blocks of 64 channels at 32×32 and 128 at 16×16, 192k params, 47 MMACs."""
-    return c4net_from_stages(C4NET_W64_STAGES, num_classes)
-
-
 # c4net_w64 a block deeper at 32×32, paid for by a narrower C3 (136): 56 MMACs.
 C4NET_W64D3_STAGES = (
     StageSpec(width=64, depth=3, stride=1, dilation=1),
@@ -145,14 +127,18 @@ C4NET_W64D3_STAGES = (
 )
 
 
-@register_net("c4net_w64d3")
-def c4net_w64d3(num_classes: int = 10) -> CifarNet:
-    """c4net_w64 with three blocks at 32×32 and C3 at 136 channels, 195k params, 56 MMACs."""
-    return c4net_from_stages(C4NET_W64D3_STAGES, num_classes)
+# c4net's layout at 1/8 of the width.
+C4NET_TINY_STAGES = tuple(StageSpec(max(4, s.width // 8), s.depth, s.stride, s.dilation, s.separable)
+                          for s in C4NET_STAGES)
 
-
-@register_net(TINY_NET)
-def c4net_tiny(num_classes: int = 10) -> CifarNet:
-    """c4net's layout at 1/8 of the width, for fast CPU tests."""
-    stages = tuple(StageSpec(max(4, s.width // 8), s.depth, s.stride, s.dilation, s.separable) for s in C4NET_STAGES)
-    return c4net_from_stages(stages, num_classes)
+for _name, _stages, _description in (
+    ("c4net", C4NET_STAGES, "First layout: residual C1C2C3C4, separable C2-C4, dilation 2/4 in C3/C4, GAP + linear."),
+    (DEFAULT_NET, C4NET_DEEP16_STAGES,
+     "Default: c4net's MACs, 196k params, a deeper 16×16 stage, narrower C1, dilation 2 in C3 and C4."),
+    ("c4net_w64", C4NET_W64_STAGES,
+     "Wide C1/C2: separable blocks of 64 channels at 32×32 and 128 at 16×16, 192k params, 47 MMACs."),
+    ("c4net_w64d3", C4NET_W64D3_STAGES,
+     "c4net_w64 with three blocks at 32×32 and C3 at 136 channels, 195k params, 56 MMACs."),
+    (TINY_NET, C4NET_TINY_STAGES, "c4net's layout at 1/8 of the width, for fast CPU tests."),
+):
+    register_spec(_name, c4net_from_stages, _stages, _description)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from torch import nn
 
@@ -21,6 +21,17 @@ def register_net(name: str) -> Callable[[NetFactory], NetFactory]:
         return factory
 
     return decorator
+
+
+def register_spec(name: str, build: Callable[[Any, int], nn.Module], spec: Any, description: str) -> None:
+    """Register ``build(spec, num_classes)`` under ``name``: a family's layouts are data, one builder serves them all.
+    ``description`` is what ``net_description`` (and ``python -m cifar.nets``) shows."""
+
+    def factory(num_classes: int = 10) -> nn.Module:
+        return build(spec, num_classes)
+
+    factory.__doc__, factory.__name__, factory.__module__ = description, name, build.__module__
+    register_net(name)(factory)
 
 
 def list_nets() -> list[str]:
