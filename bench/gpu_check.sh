@@ -13,11 +13,13 @@
 #   bench           python bench.py on the GPU: trainer vs the seed-style loop, same net and batch, and the GPU's
 #                   busy time (nvidia-smi's utilization.gpu, sampled every 0.2 s while the stage runs)
 #   accuracy runs   all at once, side by side on the GPU (under CUDA MPS where this script can start it): the
-#                   default recipe (train.py's defaults, 35 epochs) with seeds 0, 1, 2, and each seed net with
-#                   its own recipe (recipes/seedNNN.yaml, seed 0); one row each: wall time, exit status, test
-#                   accuracy, the GPU's busy time while they ran. Runs still going when the budget (less a
-#                   reserve for shipping) is spent are stopped and keep their checkpoints in RUNS: continue
-#                   them with the command in their log plus --resume auto
+#                   default recipe (train.py's defaults, 35 epochs) with seeds 0, 1, 2 for each net of
+#                   GPU_CHECK_NETS; the net search, as results/README.md runs it on the CPU (10 epochs, a
+#                   5,000-image validation split, seed 0) for each net of GPU_CHECK_SEARCH; and each seed net
+#                   with its own recipe (recipes/seedNNN.yaml, seed 0); one row each: wall time, exit status,
+#                   test accuracy (validation accuracy first for the search), the GPU's busy time while they
+#                   ran. Runs still going when the budget (less a reserve for shipping) is spent are stopped and
+#                   keep their checkpoints in RUNS: continue them with the command in their log plus --resume auto
 #   ship ...        every finished run shipped as OUT/results/NAME (python -m cifar.results ship, without the
 #                   last-epoch checkpoint: cifar.replay refuses GPU runs)
 # OUT/gpu_check.md lists every stage: command, wall time, exit status (or why it was skipped), notes; each
@@ -30,8 +32,12 @@
 #   --out DIR        GPU_CHECK_OUT         default $OUT if set, else ./gpu-check-<time>
 #   --budget SEC     GPU_CHECK_BUDGET      seconds for all stages (default 540)
 #                    GPU_CHECK_RUNS        the training runs' folders (default OUT/runs; checkpoints included)
+#                    GPU_CHECK_NETS        nets trained with the default recipe (default: the default net;
+#                                          dry run c4net_tiny)
 #                    GPU_CHECK_SEEDS       seeds of the default recipe's accuracy runs (default 0 1 2; dry
 #                                          run 0 1)
+#                    GPU_CHECK_SEARCH      nets of the 10-epoch search (default: every registered c4net and
+#                                          c4next net but the tiny ones; dry run none); "" for none
 #                    GPU_CHECK_SEED_NETS   seed nets of the accuracy runs (default seed000 ... seed004; dry run
 #                                          seed000); "" for none
 #                    PYTHON                the interpreter (default python, else python3)
@@ -78,17 +84,20 @@ if [ "$dry_run" = 0 ] && ! nvidia-smi -L >/dev/null 2>&1; then
          "try the stages on the CPU" >&2
     exit 2
 fi
-# One line: CUDA usable, the default net and batch, torch's version, the GPU's name.
+# One line: CUDA usable, the default net and batch, the search's nets (comma-separated), torch's version, the
+# GPU's name.
 if ! probe=$("$py" -c 'import torch
 from cifar.config import TrainConfig
+from cifar.nets import list_nets
 gpu = torch.cuda.is_available()
-print(int(gpu), TrainConfig.model, TrainConfig.batch_size, torch.__version__,
+search = [name for name in list_nets() if name.startswith("c4") and not name.endswith("_tiny")]
+print(int(gpu), TrainConfig.model, TrainConfig.batch_size, ",".join(search), torch.__version__,
       torch.cuda.get_device_name(0) if gpu else "no GPU")'); then
     echo "error: $py cannot import torch and this project's cifar package (above): activate the project's" \
          "environment (README) or set PYTHON" >&2
     exit 2
 fi
-read -r has_cuda net default_batch torch_version gpu_name <<< "$probe"
+read -r has_cuda net default_batch search_nets torch_version gpu_name <<< "$probe"
 if [ "$dry_run" = 0 ] && [ "$has_cuda" != 1 ]; then
     echo "error: nvidia-smi sees a GPU but torch $torch_version cannot use it (torch.cuda.is_available() is" \
          "False): install a CUDA build of torch that matches the driver (nvidia-smi shows its CUDA version)" >&2
@@ -98,28 +107,39 @@ fi
 # What differs in a dry run: the CPU, a small net, a few images, one epoch. Everything else is the real command.
 if [ "$dry_run" = 1 ]; then
     net=c4net_tiny  # the tests' CPU net: c4net's layout at 1/8 of the width
+    nets=${GPU_CHECK_NETS-$net}
     epochs=1
     run_args=(--cpu --epochs 1 --subset 64 --batch-size 32 --num-workers 1 --checkpoint-every 0)
     bench_args=(--cpu --batch-size 32 --steps 1 --warmup 1 --train-images 32 --num-workers 1 --mixed-precision no)
     # One accuracy run of each kind: each train.py start costs ~15 s on a small CPU, whatever the run's size.
     seeds=${GPU_CHECK_SEEDS-0 1}
+    search=${GPU_CHECK_SEARCH-}
+    search_args=(--val-size 16)
     seed_nets=${GPU_CHECK_SEED_NETS-seed000}
 else
     # train.py's defaults throughout (on a GPU the training batches are augmented there, --augment-backend auto,
     # and no DataLoader workers run).
+    nets=${GPU_CHECK_NETS-$net}
     epochs=35
     run_args=()
     # bench.py's --mixed-precision auto is train.py's: bf16 where the GPU has it natively.
     bench_args=(--batch-size "$default_batch")
     seeds=${GPU_CHECK_SEEDS-0 1 2}
+    search=${GPU_CHECK_SEARCH-${search_nets//,/ }}
+    search_args=(--epochs 10 --val-size 5000)
     seed_nets=${GPU_CHECK_SEED_NETS-seed000 seed001 seed002 seed003 seed004}
 fi
 
-# The accuracy runs, "name:train.py flags": the default recipe with each seed; each seed net with its own recipe
-# (recipes/NET.yaml: the write-up's epochs, batch, lr, augmentation, fp32). A dry run's own arguments (one epoch,
-# batch 32) override every recipe.
+# The accuracy runs, "name:train.py flags": the default recipe with each net and seed; the search's nets, named
+# as in results/search; each seed net with its own recipe (recipes/NET.yaml: the write-up's epochs, batch, lr,
+# augmentation, fp32). A dry run's own arguments (one epoch, batch 32) override every recipe.
 accuracy_runs=()
-for seed in $seeds; do accuracy_runs+=("$net-${epochs}ep-seed$seed:--model $net --epochs $epochs --seed $seed"); done
+for recipe_net in $nets; do
+    for seed in $seeds; do
+        accuracy_runs+=("$recipe_net-${epochs}ep-seed$seed:--model $recipe_net --epochs $epochs --seed $seed")
+    done
+done
+for search_net in $search; do accuracy_runs+=("s10-$search_net:--model $search_net ${search_args[*]} --seed 0"); done
 for seed_net in $seed_nets; do
     recipe=recipes/$seed_net.yaml
     if [ ! -f "$recipe" ]; then
@@ -239,11 +259,14 @@ run_stage() {  # stage name, then its command; sets status and wall, records the
     stop_if_interrupted
 }
 
-# A finished run's accuracy and training time, for the notes of its row.
+# A finished run's accuracy and training time, for the notes of its row; a search run's final validation accuracy
+# first, since that is what ranks it.
 run_notes() {  # the run's folder
-    "$py" -c 'import json, sys; s = json.load(open(sys.argv[1]))
-print("test acc {:.2%} ({:,} images), {:.0f} s training".format(s["test_acc"], s["test_images"], s["train_seconds"]))' \
-        "$1/summary.json" 2>/dev/null || true
+    "$py" -c 'import json, sys; s = json.load(open(sys.argv[1] + "/summary.json"))
+last = [json.loads(line) for line in open(sys.argv[1] + "/metrics.jsonl") if line.strip()][-1]
+val = "final val acc {:.2%}, ".format(last["val_acc"]) if "val_acc" in last else ""
+print(val + "test acc {:.2%} ({:,} images), {:.0f} s training".format(s["test_acc"], s["test_images"], s["train_seconds"]))' \
+        "$1" 2>/dev/null || true
 }
 
 # train.py with these flags (then the run arguments of this mode, which win) into RUNS/NAME: sets train_command.

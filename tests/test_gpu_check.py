@@ -53,6 +53,29 @@ def test_the_dry_run_goes_through_every_stage_and_ships_the_results(tmp_path: Pa
 
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="nvidia-smi is installed: a GPU may be here")
+def test_the_nets_and_the_search_are_chosen_by_their_variables(tmp_path: Path) -> None:
+    """GPU_CHECK_NETS trains each net with the default recipe and every seed; GPU_CHECK_SEARCH runs each net the
+    search's way (a validation split, seed 0), named as in results/search, its final validation accuracy first
+    in its notes."""
+    data = write_tiny_cifar(tmp_path / "tiny")
+    out = tmp_path / "check"
+    env = {**os.environ, "GPU_CHECK_NETS": "c4net_tiny c4next_tiny", "GPU_CHECK_SEEDS": "3",
+           "GPU_CHECK_SEARCH": "c4net_tiny", "GPU_CHECK_SEED_NETS": ""}
+    done = subprocess.run([str(SCRIPT), "--dry-run", "--data-dir", str(data), "--out", str(out)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    found = stages(out / "gpu_check.md")
+    runs = ["c4net_tiny-1ep-seed3", "c4next_tiny-1ep-seed3", "s10-c4net_tiny"]
+    assert [stage for stage in found if not stage.startswith(("data", "gpu tests", "bench", "ship "))] == runs
+    assert "--val-size 16 --seed 0" in found["s10-c4net_tiny"][0]
+    assert found["s10-c4net_tiny"][3].startswith("final val acc ")
+    assert found["c4next_tiny-1ep-seed3"][3].startswith("test acc ")
+    for run in runs:
+        summary = json.loads((out / "results" / run / "summary.json").read_text())
+        assert summary["model"] == run.removeprefix("s10-").split("-")[0]
+        assert summary["seed"] == (0 if run.startswith("s10-") else 3)
+
+
 def test_without_a_gpu_it_stops_at_once_and_names_the_dry_run(tmp_path: Path) -> None:
     out = tmp_path / "check"
     done = subprocess.run([str(SCRIPT), "--out", str(out)], cwd=tmp_path, capture_output=True, text=True,
