@@ -60,7 +60,7 @@ from cifar.metrics import confusion_matrix, per_class_table
 from cifar.nets import build_net
 from cifar.nets.whitening import fit_patch_whitening
 from cifar.nets.analysis import NetReport, analyze_net
-from cifar.optim import build_optimizer
+from cifar.optim import build_optimizer, fix_norm_scales
 from cifar.pretrained import resolve_weights
 from cifar.saving import (EXIT_SAVE_FAILED, SaveFailed, failure_message, newest_complete_checkpoint,
                           resume_command)
@@ -227,11 +227,13 @@ def build_learner(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays,
     report = analyze_net(net, name=cfg.model)
     if cfg.sync_bn:
         net = convert_sync_batchnorm(net)
+    if not cfg.train_norm_scales:
+        fix_norm_scales(net)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     torch.manual_seed(cfg.seed + 1 + accelerator.process_index)
     optimizer = build_optimizer(net, cfg.optimizer, cfg.lr, cfg.weight_decay, momentum=cfg.momentum,
-                                nesterov=cfg.nesterov)
+                                nesterov=cfg.nesterov, bias_lr_scale=cfg.bias_lr_scale)
     # Not handed to prepare(): it follows the optimizer's own step count, once per optimizer step.
     schedule = build_schedule(cfg.scheduler, optimizer, feed.total_steps, **cfg.scheduler_params)
     model, optimizer = accelerator.prepare(net, optimizer)

@@ -65,6 +65,9 @@ class TrainConfig:
                                                 "fractions of the run (cifar/schedulers.py lists them)")
     weight_decay: float = _setting(5e-4, "weight decay of conv and linear weights (never of norms or biases)")
     label_smoothing: float = _setting(0.0, "label smoothing of the cross-entropy loss")
+    bias_lr_scale: float = _setting(1.0, "LR multiplier of the parameters without weight decay (norm shifts and "
+                                    "scales, biases)")
+    train_norm_scales: bool = _setting(True, "train BatchNorm scales (--no-train-norm-scales: fixed at 1)")
     augment: str = _setting("light", "training augmentation preset", tuple(AUGMENT_PRESETS))
     augment_backend: str = _setting("auto", "what runs the augmentation: albumentations (per image in DataLoader "
                                     "workers, the reference) or torch (whole batches on the training device); "
@@ -116,6 +119,8 @@ class TrainConfig:
         _require(self, math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0")
         _require(self, 0 <= self.momentum < 1, "momentum", "a number in [0, 1)")
         _require(self, 0 <= self.label_smoothing < 1, "label_smoothing", "a number in [0, 1)")
+        _require(self, math.isfinite(self.bias_lr_scale) and self.bias_lr_scale > 0, "bias_lr_scale",
+                 "a positive finite number")
         _require(self, 0 < self.ema_decay < 1, "ema_decay", "a number in (0, 1)")
         _require(self, self.batch_size % self.grad_accum == 0, "batch_size",
                  f"a multiple of --grad-accum {self.grad_accum} (each micro-batch is the same size)")
@@ -146,10 +151,12 @@ class TrainConfig:
 # Settings that decide the trajectory of the weights: a resumed run must share them with its checkpoint,
 # or it would not continue the same run. The others (paths, workers, logging) may change between restarts.
 TRAJECTORY_FIELDS = ("model", "epochs", "batch_size", "grad_accum", "lr", "optimizer", "momentum", "nesterov",
-                     "scheduler", "scheduler_params", "weight_decay", "label_smoothing", "augment", "augment_backend",
-                     "seed", "subset", "val_size", "sync_bn", "ema", "ema_decay", "channels_last")
+                     "scheduler", "scheduler_params", "weight_decay", "label_smoothing", "bias_lr_scale",
+                     "train_norm_scales", "augment", "augment_backend", "seed", "subset", "val_size", "sync_bn",
+                     "ema", "ema_decay", "channels_last")
 # What runs saved before a trajectory setting existed did instead.
-_BEFORE_THE_SETTING: dict[str, Any] = {"augment_backend": "albumentations", "scheduler_params": {}}
+_BEFORE_THE_SETTING: dict[str, Any] = {"augment_backend": "albumentations", "scheduler_params": {},
+                                       "bias_lr_scale": 1.0, "train_norm_scales": True}
 
 
 def trajectory_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:

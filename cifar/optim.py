@@ -3,6 +3,9 @@
 Norm-layer scales and shifts and all biases (every parameter with ``ndim <= 1``) get no weight decay:
 they set a layer's scale and offset rather than its capacity, and decaying a BatchNorm scale only shrinks
 what the next BatchNorm renormalizes. Conv and linear weights get the given decay.
+
+The fast-training recipes (Page's "How to train your ResNet", airbench) go further for BatchNorm: scales fixed
+at 1 and shifts at a much higher LR than the weights. :func:`fix_norm_scales` and ``bias_lr_scale`` express both.
 """
 
 from __future__ import annotations
@@ -15,33 +18,51 @@ from torch import nn
 OPTIMIZERS = ("sgd", "adamw")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two param groups of the trainable parameters: those with ``ndim > 1`` at ``weight_decay``, the rest at 0.
+def param_groups(model: nn.Module, weight_decay: float, bias_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """Two param groups of the trainable parameters: those with ``ndim > 1`` at ``weight_decay``, the rest at 0
+    and with ``lr_scale`` ``bias_lr_scale`` (the optimizer's lr times it; the first group's ``lr_scale`` is 1).
 
     Every parameter appears once (``parameters()`` drops shared ones); an empty group is left out.
     """
     if not weight_decay >= 0:
         raise ValueError(f"weight_decay must be >= 0; got {weight_decay!r}")
+    if not bias_lr_scale > 0:
+        raise ValueError(f"bias_lr_scale must be > 0; got {bias_lr_scale!r}")
     params = [p for p in model.parameters() if p.requires_grad]  # frozen ones (a whitening stem) never step
     groups = [
-        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, "lr_scale": 1.0},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": bias_lr_scale},
     ]
     return [group for group in groups if group["params"]]
 
 
+def fix_norm_scales(model: nn.Module) -> int:
+    """Freeze every BatchNorm scale (``weight``) at its value, 1 in a new net, so that no optimizer steps it; the
+    number of scales frozen. A frozen scale stays in the state dict, so checkpoints and exports are unchanged."""
+    frozen = 0
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None:
+            module.weight.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float = 0.9,
-                    nesterov: bool = False, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+                    nesterov: bool = False, betas: tuple[float, float] = (0.9, 0.999),
+                    bias_lr_scale: float = 1.0) -> torch.optim.Optimizer:
     """Optimizer ``name`` (one of :data:`OPTIMIZERS`) over :func:`param_groups`.
 
     ``momentum`` and ``nesterov`` apply to sgd, ``betas`` to adamw. ``lr`` is also the peak of any schedule
-    (see :mod:`cifar.schedulers`), which may cycle momentum or beta1 as well.
+    (see :mod:`cifar.schedulers`), which may cycle momentum or beta1 as well; the parameters without weight
+    decay get ``lr * bias_lr_scale``, and a schedule scales both groups alike.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
     if not lr > 0:
         raise ValueError(f"lr must be > 0; got {lr!r}")
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay, bias_lr_scale)
+    for group in groups:
+        group["lr"] = lr * group["lr_scale"]
     if name == "sgd":
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1); got {momentum!r}")

@@ -46,7 +46,7 @@ def test_parser_has_every_required_flag():
     assert [flag for flag in REQUIRED_FLAGS if flag not in options] == []
 
 
-SWITCHES = ("download", "nesterov", "cpu", "sync_bn", "ema", "compile", "channels_last", "wandb")
+SWITCHES = ("download", "nesterov", "train_norm_scales", "cpu", "sync_bn", "ema", "compile", "channels_last", "wandb")
 
 
 def test_every_bool_setting_is_a_switch_listed_here():

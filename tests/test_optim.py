@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from cifar.optim import OPTIMIZERS, build_optimizer, param_groups
+from cifar.optim import OPTIMIZERS, build_optimizer, fix_norm_scales, param_groups
+from cifar.schedulers import build_schedule
 
 
 class Tiny(nn.Module):
@@ -83,9 +84,34 @@ def test_optimizer_names_constant():
     (dict(name="sgd", momentum=1.0), "momentum must be in [0, 1); got 1.0"),
     (dict(name="sgd", momentum=0.0, nesterov=True), "nesterov needs momentum > 0; got momentum 0.0"),
     (dict(name="adamw", betas=(0.9, 1.0)), "betas must be two values in [0, 1); got (0.9, 1.0)"),
+    (dict(name="sgd", bias_lr_scale=0.0), "bias_lr_scale must be > 0; got 0.0"),
 ])
 def test_bad_values_raise_with_the_value_and_valid_choices(kwargs, message):
     arguments = dict(lr=0.1, weight_decay=0.0) | kwargs
     with pytest.raises(ValueError) as error:
         build_optimizer(Tiny(), **arguments)
     assert str(error.value) == message
+
+
+def test_bias_lr_scale_multiplies_the_no_decay_groups_lr_and_the_schedule_keeps_the_ratio():
+    optimizer = build_optimizer(Tiny(), "sgd", lr=0.1, weight_decay=5e-4, momentum=0.9, bias_lr_scale=64.0)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.1, pytest.approx(6.4)]
+    schedule = build_schedule("onecycle", optimizer, total_steps=100)
+    for _ in range(30):
+        optimizer.step()
+        schedule.step()
+        weights, biases = (g["lr"] for g in optimizer.param_groups)
+        assert biases == pytest.approx(64 * weights)
+
+
+def test_fixed_norm_scales_never_step_and_stay_in_the_state_dict():
+    model = Tiny()
+    assert fix_norm_scales(model) == 1  # the BatchNorm; GroupNorm is not a batch norm
+    stepped = {id(p) for group in param_groups(model, 5e-4) for p in group["params"]}
+    assert id(model.bn.weight) not in stepped and id(model.bn.bias) in stepped and id(model.gn.weight) in stepped
+    optimizer = build_optimizer(model, "sgd", lr=0.5, weight_decay=5e-4)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    assert torch.equal(model.bn.weight, torch.ones(4)) and "bn.weight" in model.state_dict()
+    assert not torch.equal(model.bn.bias, torch.zeros(4))

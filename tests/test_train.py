@@ -258,6 +258,20 @@ def test_scheduler_params_shape_the_learning_rate_the_run_uses(tiny: Path, tmp_p
     assert "scheduler_params:\n  milestones:\n  - 0.75\n  gamma: 0.5\n" in (out / "config.yaml").read_text()
 
 
+def test_fixed_norm_scales_stay_at_one_and_both_settings_are_saved_with_the_run(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = train(*BASE, "--data-dir", tiny, "--epochs", "1", "--output-dir", out, "--no-train-norm-scales",
+                   "--bias-lr-scale", "8")
+    assert result.returncode == 0, result.stderr
+    weights = load_file(out / "model.safetensors")
+    scales = {name: w for name, w in weights.items() if name.endswith(".weight") and w.ndim == 1}
+    shifts = {name: w for name, w in weights.items() if name.endswith(".bias") and name[:-5] + ".weight" in scales}
+    assert scales and all(torch.equal(w, torch.ones_like(w)) for w in scales.values())
+    assert all(not torch.equal(w, torch.zeros_like(w)) for w in shifts.values())  # the shifts did train
+    config = (out / "config.yaml").read_text()
+    assert "train_norm_scales: false\n" in config and "bias_lr_scale: 8.0\n" in config
+
+
 def test_sigkill_anywhere_then_resume_auto_is_bit_identical(tiny: Path, straight: Path, tmp_path: Path,
                                                           kill_rounds) -> None:
     """Three SIGKILLs to the whole process group, each at a seeded random moment after a new checkpoint; every
