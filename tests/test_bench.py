@@ -101,6 +101,21 @@ def test_the_onednn_kernel_report_runs_from_anywhere(tmp_path: Path) -> None:
     assert all(word in done.stdout for word in ("fp32", "bf16", "bf16 dw", "depthwise", "pointwise")), done.stdout
 
 
+def test_the_net_speed_bench_times_each_net_against_the_first(tmp_path: Path) -> None:
+    """bench/net_speed.py: a row per net in the order given, the first the reference (1.00×); bad counts refused."""
+    script = str(ROOT / "bench" / "net_speed.py")
+    done = subprocess.run([sys.executable, script, "--nets", "c4next_tiny", "c4net_tiny", "--batch-size", "4",
+                           "--rounds", "2", "--steps", "1", "--warmup", "0", "--mixed-precision", "no"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith(("c4next_tiny", "c4net_tiny"))]
+    assert [row[0] for row in rows] == ["c4next_tiny", "c4net_tiny"]
+    assert rows[0][1:3] == ["17,285", "6.3"] and rows[0][-1] == "1.00×" and float(rows[1][-1][:-1]) > 0
+    refused = subprocess.run([sys.executable, script, "--rounds", "0"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 2 and "--rounds 0" in refused.stderr
+
+
 RECIPE = ROOT / "recipes" / "seed002_as_run.yaml"
 
 

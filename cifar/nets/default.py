@@ -35,20 +35,22 @@ class StageSpec:
     stride: int = 1
     dilation: int = 1
     separable: bool = True
+    kernel: int = 3
 
 
-def _conv(in_channels: int, out_channels: int, stride: int, dilation: int, separable: bool) -> nn.Module:
+def _conv(in_channels: int, out_channels: int, stride: int, dilation: int, separable: bool, kernel: int) -> nn.Module:
     if separable:
-        return DepthwiseSeparableConv(in_channels, out_channels, 3, stride, dilation)
-    return dilated.Conv2d(in_channels, out_channels, 3, stride, same_padding(3, dilation), dilation, bias=False)
+        return DepthwiseSeparableConv(in_channels, out_channels, kernel, stride, dilation)
+    return dilated.Conv2d(in_channels, out_channels, kernel, stride, same_padding(kernel, dilation), dilation,
+                          bias=False)
 
 
 class ConvUnit(nn.Sequential):
-    """3×3 conv (plain or depthwise-separable), BatchNorm, optional ReLU."""
+    """k×k conv (plain or depthwise-separable; 3×3 by default), BatchNorm, optional ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1,
-                 separable: bool = True, activate: bool = True) -> None:
-        layers = [_conv(in_channels, out_channels, stride, dilation, separable), nn.BatchNorm2d(out_channels)]
+                 separable: bool = True, activate: bool = True, kernel: int = 3) -> None:
+        layers = [_conv(in_channels, out_channels, stride, dilation, separable, kernel), nn.BatchNorm2d(out_channels)]
         if activate:
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
@@ -57,11 +59,11 @@ class ConvUnit(nn.Sequential):
 class ResidualBlock(nn.Module):
     """``relu(x + unit(unit(x)))``: two 3×3 units with an identity shortcut, as in ResNet."""
 
-    def __init__(self, channels: int, dilation: int, separable: bool) -> None:
+    def __init__(self, channels: int, dilation: int, separable: bool, kernel: int = 3) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            ConvUnit(channels, channels, 1, dilation, separable),
-            ConvUnit(channels, channels, 1, dilation, separable, activate=False),
+            ConvUnit(channels, channels, 1, dilation, separable, kernel=kernel),
+            ConvUnit(channels, channels, 1, dilation, separable, activate=False, kernel=kernel),
         )
         self.act = nn.ReLU(inplace=True)
 
@@ -76,8 +78,9 @@ def c4_features(stages: tuple[StageSpec, ...], in_channels: int = 3) -> nn.Seque
     for stage in stages:
         # The first stage's transition sees the 3 RGB channels: a separable conv there is all but useless.
         separable = stage.separable and channels != in_channels
-        blocks = [ConvUnit(channels, stage.width, stage.stride, stage.dilation, separable)]
-        blocks += [ResidualBlock(stage.width, stage.dilation, stage.separable) for _ in range(stage.depth)]
+        blocks = [ConvUnit(channels, stage.width, stage.stride, stage.dilation, separable, kernel=stage.kernel)]
+        blocks += [ResidualBlock(stage.width, stage.dilation, stage.separable, stage.kernel)
+                   for _ in range(stage.depth)]
         layers.append(nn.Sequential(*blocks))
         channels = stage.width
     return nn.Sequential(*layers)
@@ -127,6 +130,16 @@ C4NET_W64D3_STAGES = (
 )
 
 
+# c4net_w64 with 5×5 depthwise kernels at 32×32 and 16×16 (a depthwise kernel's parameters are few; its MACs grow
+# with the map), paid for by C3 at 128 channels.
+C4NET_W64K5_STAGES = (
+    StageSpec(width=64, depth=2, stride=1, dilation=1, kernel=5),
+    StageSpec(width=128, depth=2, stride=2, dilation=1, kernel=5),
+    StageSpec(width=128, depth=1, stride=2, dilation=2),
+    StageSpec(width=160, depth=0, stride=1, dilation=2),
+)
+
+
 # c4net's layout at 1/8 of the width.
 C4NET_TINY_STAGES = tuple(StageSpec(max(4, s.width // 8), s.depth, s.stride, s.dilation, s.separable)
                           for s in C4NET_STAGES)
@@ -139,6 +152,8 @@ for _name, _stages, _description in (
      "Wide C1/C2: separable blocks of 64 channels at 32×32 and 128 at 16×16, 192k params, 47 MMACs."),
     ("c4net_w64d3", C4NET_W64D3_STAGES,
      "c4net_w64 with three blocks at 32×32 and C3 at 136 channels, 195k params, 56 MMACs."),
+    ("c4net_w64k5", C4NET_W64K5_STAGES,
+     "c4net_w64 with 5×5 kernels at 32×32 and 16×16 and C3 at 128 channels, 195k params, 56 MMACs."),
     (TINY_NET, C4NET_TINY_STAGES, "c4net's layout at 1/8 of the width, for fast CPU tests."),
 ):
     register_spec(_name, c4net_from_stages, _stages, _description)
