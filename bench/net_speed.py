@@ -25,6 +25,7 @@ import torch
 # repository root that holds the library and bench.py.
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 from bench import model_speed  # noqa: E402  (bench.py, the speed benchmark: its model-only step)
+from cifar.allocator import keep_freed_memory  # noqa: E402
 from cifar.hardware import native_bf16  # noqa: E402
 from cifar.nets import DEFAULT_NET, build_net, list_nets  # noqa: E402
 from cifar.nets.analysis import analyze_net  # noqa: E402
@@ -62,6 +63,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    keep_freed_memory()  # as train.py allocates: large activations freed and allocated again fault no pages
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     precision = args.mixed_precision
