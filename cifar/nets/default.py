@@ -140,6 +140,24 @@ C4NET_W64K5_STAGES = (
 )
 
 
+# Which half of c4net_w64's move pays, at a CPU cost nearer the default's (width at 32×32 costs twice its MACs'
+# share there: results/README.md): c4net_deep16's C1 with c4net_w64's 128-channel 16×16 stage...
+C4NET_WIDE16_STAGES = (
+    StageSpec(width=24, depth=1, stride=1, dilation=1, separable=False),
+    StageSpec(width=128, depth=2, stride=2, dilation=1),
+    StageSpec(width=160, depth=1, stride=2, dilation=2),
+    StageSpec(width=176, depth=0, stride=1, dilation=2),
+)
+
+# ... and a 48-channel separable C1 of one block before it.
+C4NET_W48_STAGES = (
+    StageSpec(width=48, depth=1, stride=1, dilation=1),
+    StageSpec(width=128, depth=2, stride=2, dilation=1),
+    StageSpec(width=160, depth=1, stride=2, dilation=2),
+    StageSpec(width=176, depth=0, stride=1, dilation=2),
+)
+
+
 # c4net's layout at 1/8 of the width.
 C4NET_TINY_STAGES = tuple(StageSpec(max(4, s.width // 8), s.depth, s.stride, s.dilation, s.separable)
                           for s in C4NET_STAGES)
@@ -154,6 +172,10 @@ for _name, _stages, _description in (
      "c4net_w64 with three blocks at 32×32 and C3 at 136 channels, 195k params, 56 MMACs."),
     ("c4net_w64k5", C4NET_W64K5_STAGES,
      "c4net_w64 with 5×5 kernels at 32×32 and 16×16 and C3 at 128 channels, 195k params, 56 MMACs."),
+    ("c4net_wide16", C4NET_WIDE16_STAGES,
+     "c4net_deep16's dense 24-channel C1, then c4net_w64's 128-channel 16×16 stage; C3/C4 at 160/176 channels."),
+    ("c4net_w48", C4NET_W48_STAGES,
+     "A separable 48-channel block at 32×32, then c4net_w64's 128-channel 16×16 stage; C3/C4 at 160/176 channels."),
     (TINY_NET, C4NET_TINY_STAGES, "c4net's layout at 1/8 of the width, for fast CPU tests."),
 ):
     register_spec(_name, c4net_from_stages, _stages, _description)
