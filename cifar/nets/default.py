@@ -158,6 +158,22 @@ C4NET_W48_STAGES = (
 )
 
 
+# c4net_wide16 with more of the parameters at 16×16: a third 128-channel block there, or two of 160 channels; the
+# 8×8 stages keep only their dilated transitions.
+C4NET_WIDE16D3_STAGES = (
+    StageSpec(width=24, depth=1, stride=1, dilation=1, separable=False),
+    StageSpec(width=128, depth=3, stride=2, dilation=1),
+    StageSpec(width=176, depth=0, stride=2, dilation=2),
+    StageSpec(width=192, depth=0, stride=1, dilation=2),
+)
+C4NET_WIDE16W160_STAGES = (
+    StageSpec(width=24, depth=1, stride=1, dilation=1, separable=False),
+    StageSpec(width=160, depth=2, stride=2, dilation=1),
+    StageSpec(width=160, depth=0, stride=2, dilation=2),
+    StageSpec(width=176, depth=0, stride=1, dilation=2),
+)
+
+
 # c4net's layout at 1/8 of the width.
 C4NET_TINY_STAGES = tuple(StageSpec(max(4, s.width // 8), s.depth, s.stride, s.dilation, s.separable)
                           for s in C4NET_STAGES)
@@ -176,6 +192,10 @@ for _name, _stages, _description in (
      "c4net_deep16's dense 24-channel C1, then c4net_w64's 128-channel 16×16 stage; C3/C4 at 160/176 channels."),
     ("c4net_w48", C4NET_W48_STAGES,
      "A separable 48-channel block at 32×32, then c4net_w64's 128-channel 16×16 stage; C3/C4 at 160/176 channels."),
+    ("c4net_wide16d3", C4NET_WIDE16D3_STAGES,
+     "c4net_wide16 with three 128-channel blocks at 16×16; C3/C4 dilated transitions alone, 176/192 channels."),
+    ("c4net_wide16w160", C4NET_WIDE16W160_STAGES,
+     "c4net_wide16 with two 160-channel blocks at 16×16; C3/C4 dilated transitions alone, 160/176 channels."),
     (TINY_NET, C4NET_TINY_STAGES, "c4net's layout at 1/8 of the width, for fast CPU tests."),
 ):
     register_spec(_name, c4net_from_stages, _stages, _description)
