@@ -15,6 +15,11 @@ import pytest
 # No test touches the network: albumentations asks PyPI for a newer version when imported (while collecting, and
 # in every train.py a test starts) unless this says not to.
 os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
+# A shell without job control starts background commands (`cmd &`) with SIGINT ignored, and pytest would pass that
+# on to every run it starts: train.py rightly leaves an ignored SIGINT ignored (cifar/stopping.py), so the tests of
+# Ctrl-C would see nothing arrive. Python's own handler here; the processes the tests start get the default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Set it to the seed a failed test printed to draw the same kill delays again.
 KILL_SEED_VARIABLE = "CIFAR_TEST_KILL_SEED"
