@@ -67,7 +67,8 @@ from cifar.saving import (EXIT_SAVE_FAILED, SaveFailed, failure_message, newest_
 from cifar.schedulers import build_schedule, schedule_lr
 from cifar.slurm import RequeueError, requeue, requeue_target
 from cifar.step_totals import LaggedTotals, StepTotals, add_batch, add_stop_flags, new_totals
-from cifar.stopping import EXIT_INTERRUPTED, EXIT_STOPPED, StopRequest, end_workers_at_exit, ignore_stop_signals
+from cifar.stopping import (EXIT_INTERRUPTED, EXIT_STOPPED, StopRequest, end_workers_at_exit, exit_process,
+                            ignore_stop_signals)
 from cifar.sync_bn import convert_sync_batchnorm
 from cifar.tta import TTA_VARIANTS, tta_logits
 
@@ -795,6 +796,7 @@ def evaluate_weights(cfg: TrainConfig, accelerator: Accelerator, data: CifarArra
                       f"loss {result.loss:.4f}; {tta_text(tta)}")
     accelerator.print(per_class_table(confusion_matrix(result.predictions, result.labels, len(data.classes)),
                                       data.classes))
+    accelerator.end_training()
     return 0
 
 
@@ -864,4 +866,4 @@ def tell_user(text: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    exit_process(run(sys.argv[1:]))

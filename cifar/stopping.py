@@ -16,18 +16,21 @@ finish its step and a checkpoint can be saved.
 
 DataLoader workers run :func:`ignore_stop_signals` first: Ctrl-C and schedulers signal a whole process group, and
 a worker that died of it would take away the batches its trainer needs to finish the step and save. Their trainer
-calls :func:`end_workers_at_exit`, or it could not exit while an exception keeps its workers alive.
+calls :func:`end_workers_at_exit`, or it could not exit while an exception keeps its workers alive, and ends with
+:func:`exit_process`, so a finished run cannot crash in the interpreter's teardown.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import multiprocessing
 import multiprocessing.util  # registers multiprocessing's exit handler now, so that ours is registered after it
 import os
 import signal
+import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 EXIT_STOPPED = 75  # EX_TEMPFAIL: "try again later", which is what a preempted job should do
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
@@ -112,3 +115,17 @@ def _kill_daemonic_children() -> None:
     for child in multiprocessing.active_children():
         if child.daemon:
             child.kill()
+
+
+def exit_process(code: int) -> NoReturn:
+    """Exit with ``code`` after the exit handlers ran and the console is flushed, skipping the interpreter's
+    teardown. torch leaks the gloo process group of a process that built a DistributedDataParallel (its worker
+    threads outlive ``destroy_process_group``), and such a thread still freeing a finished collective's tensors
+    needs the GIL; a thread that asks for it during teardown aborts the process ("terminate called without an
+    active exception", SIGABRT) and fails a run that has written all its results. A console that is gone (the
+    ``| tee`` a Ctrl-C ended) must not change the exit code."""
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)

@@ -119,3 +119,26 @@ def test_workers_that_ignore_sigterm_do_not_keep_a_failing_process_from_exiting(
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and "an error nobody catches" in result.stderr, result
     assert "Exception ignored" not in result.stderr, result.stderr
+
+
+def test_exit_process_runs_the_exit_handlers_flushes_and_skips_the_teardown() -> None:
+    """The teardown is where gloo's leaked worker threads abort a finished multi-process run; exit handlers (W&B's,
+    multiprocessing's, ours) and buffered output must survive skipping it."""
+    script = textwrap.dedent("""
+        import atexit, sys
+        from cifar.stopping import exit_process
+
+        class FreedAtTeardown:
+            def __del__(self):
+                sys.stdout.write("freed at teardown")
+                sys.stdout.flush()
+
+        kept = FreedAtTeardown()
+        atexit.register(lambda: sys.stdout.write("exit handler ran; "))
+        sys.stdout.write("buffered, no newline; ")
+        sys.stderr.write("error text")
+        exit_process(3)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 3, result
+    assert result.stdout == "buffered, no newline; exit handler ran; " and result.stderr == "error text", result
