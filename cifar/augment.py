@@ -184,7 +184,7 @@ AUGMENT_PRESETS: Mapping[str, AugmentSettings] = MappingProxyType(
         "seed003": AugmentSettings(pad=2, shift=0.1, scale=0.1, rotate=15.0, color_p=0.5),
         # Names the three transforms only: the library's defaults.
         "seed004": ALBUMENTATIONS_DEFAULTS,
-        # seed000's and seed004's reading until issue 24, the same pipeline as seed001: 1.x's flip and
+        # seed000 and seed004 read with seed001's hole, the same pipeline as seed001: 1.x's flip and
         # ShiftScaleRotate defaults with one 16x16 mean-coloured hole. Kept while runs trained with it are shipped:
         # results/seed000-30ep-h200-seed0, seed000_rf45-30ep-h200-seed0 and seed004-30ep-h200-seed0.
         "seed_16px": AugmentSettings(),
