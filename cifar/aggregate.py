@@ -2,12 +2,16 @@
 
     python -m cifar.aggregate RUN_DIR... [--json FILE]      # one row per run, mean ± sample std
     python -m cifar.aggregate RUN_DIR... --markdown         # a table for the docs: one row per recipe
+    python -m cifar.aggregate RUN_DIR... --plot curves.png  # also their accuracy curves side by side
     python -m cifar.aggregate --update-docs [PAGE...] [--section NAME]   # regenerate the docs' tables
 
 Reads each run's summary.json (written by train.py when it finishes) and config.yaml, and prints one row per run
 and the mean ± sample standard deviation of the final test accuracy, its flip-TTA counterpart, the best
 validation accuracy and the training time. Folders without a summary.json are listed as unfinished and left out
 of the statistics.
+
+``--plot FILE`` draws the folders' accuracy curves on shared axes from their metrics.jsonl (held-out accuracy
+and augmented training accuracy against epoch, one line per run), finished or still training.
 
 ``--markdown`` prints one table row per recipe (runs that differ only in their seed, on the same hardware):
 model, params, epochs, seeds (linked to their folders), final-epoch test accuracy mean ± std, the same with
@@ -48,6 +52,7 @@ import yaml
 from cifar.config import TRAJECTORY_FIELDS, config_flags
 from cifar.files import write_atomic
 from cifar.nets.seeds import WRITE_UP_CLAIMS
+from cifar.plots import plot_runs
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -105,6 +110,30 @@ def read_run(directory: Path) -> RunResult:
     if not isinstance(config, dict):
         raise RunFolderError(f"{config_path}: not a train.py config (a mapping of settings)")
     return RunResult(**{**asdict(run), "config": config})
+
+
+def read_curves(directory: Path) -> list[dict[str, Any]]:
+    """The per-epoch rows of a run folder's metrics.jsonl, finished or still training."""
+    metrics = directory / "metrics.jsonl"
+    try:
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    except FileNotFoundError as error:
+        raise RunFolderError(f"{directory}: no metrics.jsonl (not a train.py run folder, or it has not ended an "
+                             "epoch yet)") from error
+    except json.JSONDecodeError as error:
+        raise RunFolderError(f"{metrics}: not a train.py metrics file ({error})") from error
+    epochs = [row for row in rows if isinstance(row, dict) and "epoch" in row]
+    if not epochs:
+        raise RunFolderError(f"{metrics}: no epoch has ended yet")
+    return epochs
+
+
+def plot_curves(directories: list[Path], path: Path) -> Path:
+    """:func:`cifar.plots.plot_runs` of these run folders, each labelled by its folder's name (its whole path
+    where two folders share a name)."""
+    names = [directory.name for directory in directories]
+    labels = [str(d) if names.count(d.name) > 1 else d.name for d in directories]
+    return plot_runs({label: read_curves(d) for label, d in zip(labels, directories)}, path)
 
 
 def _best_test_acc(metrics: Path) -> float | None:
@@ -382,16 +411,24 @@ def main(argv: list[str]) -> int:
                         help="regenerate the tables of these markdown pages (default: every page of the repository "
                              "that holds one: README.md, docs/*.md) from the runs their markers name")
     parser.add_argument("--section", metavar="NAME", help="with --update-docs: only the table NAME")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png",
+                        help="also draw the folders' accuracy curves side by side (finished runs or not)")
     args = parser.parse_args(argv)
     if args.update_docs is not None:
-        if args.runs or args.json or args.markdown:
-            parser.error("--update-docs takes no run folders, --json or --markdown: a table's runs are the folders "
-                         "its marker names, <!-- table:NAME GLOB... -->")
+        if args.runs or args.json or args.markdown or args.plot:
+            parser.error("--update-docs takes no run folders, --json, --markdown or --plot: a table's runs are the "
+                         "folders its marker names, <!-- table:NAME GLOB... -->")
         return _update_docs(args.update_docs or pages_with_tables(), args.section)
     if args.section is not None:
         parser.error("--section goes with --update-docs")
     if not args.runs:
         parser.error("give the run folders to compare (or --update-docs)")
+    if args.plot:
+        try:
+            print(f"wrote {plot_curves(args.runs, args.plot)}")
+        except (OSError, RunFolderError, ValueError) as error:
+            print(f"error: --plot: {error}", file=sys.stderr)
+            return 2
     runs, unfinished = [], []
     for directory in args.runs:
         try:
@@ -408,7 +445,7 @@ def main(argv: list[str]) -> int:
     if args.json:
         document = {**stats, "per_run": [asdict(run) for run in runs], "not_counted": unfinished}
         write_atomic(args.json, (json.dumps(document, indent=2) + "\n").encode())
-    if not runs:
+    if not runs and not args.plot:
         print("error: none of the folders holds a finished run; pass the output folders of finished train.py "
               "runs (each has a summary.json)", file=sys.stderr)
         return 2

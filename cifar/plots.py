@@ -1,4 +1,5 @@
-"""PNG plots of a run: loss and accuracy curves, the LR schedule, the confusion matrix, and image grids.
+"""PNG plots of a run: loss and accuracy curves, the LR schedule, the confusion matrix, and image grids; and the
+accuracy curves of several runs side by side.
 
 Figures are built as ``matplotlib.figure.Figure`` objects on an Agg canvas, never through pyplot, so nothing
 touches matplotlib's global figure registry or backend: the functions run headless and from any thread, and a
@@ -47,6 +48,50 @@ def plot_accuracy(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     Accuracies are fractions in [0, 1] (as metrics.jsonl stores them) and are drawn as percentages.
     """
     return _plot_curves(rows, path, "acc", title="accuracy", ylabel="accuracy (%)", percent=True)
+
+
+def plot_runs(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> Path:
+    """Several runs' accuracy curves on shared axes, one line per run labelled by its name: held-out accuracy
+    on the left (``val_acc``, or ``test_acc`` for a run whose rows have no validation split, marked "(test)"),
+    augmented training accuracy (``train_acc``) on the right. ``runs`` maps names to per-epoch rows as in
+    metrics.jsonl; a run still training draws the epochs it has."""
+    if not isinstance(runs, Mapping) or not runs:
+        raise ValueError(f"runs must be a non-empty mapping of run names to per-epoch rows; got {runs!r}")
+    figure = _new_figure((11.0, 4.2))
+    held_out, train = figure.subplots(1, 2, sharex=True)
+    for name, rows in runs.items():
+        if isinstance(rows, (str, Mapping)) or not isinstance(rows, Sequence) or not rows:
+            raise ValueError(f"run {name!r}: rows must be a non-empty sequence of per-epoch mappings; got {rows!r}")
+        split = "val" if any(isinstance(row, Mapping) and "val_acc" in row for row in rows) else "test"
+        held_out_line = held_out.plot(*_accuracy_series(rows, f"{split}_acc", name), marker="o", markersize=2,
+                                      label=name if split == "val" else f"{name} (test)")[0]
+        train.plot(*_accuracy_series(rows, "train_acc", name), marker="o", markersize=2, label=name,
+                   color=held_out_line.get_color())
+    for axes, title in ((held_out, "held-out accuracy: validation split, or test where marked"), (train, "augmented training accuracy")):
+        axes.set_xlabel("epoch")
+        axes.set_ylabel("accuracy (%)")
+        axes.set_title(title)
+        axes.grid(alpha=0.3)
+    held_out.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def _accuracy_series(rows: Sequence[Mapping[str, Any]], key: str, name: str) -> tuple[list[float], list[float]]:
+    """Epochs and ``key`` as percentages, from the rows that have ``key``."""
+    epochs, values = [], []
+    for index, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise ValueError(f"run {name!r}: rows[{index}] must be a mapping; got {row!r}")
+        if key not in row:
+            continue
+        value = _number(row, key, index)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"run {name!r}: rows[{index}][{key!r}] must be a fraction in [0, 1]; got {value!r}")
+        epochs.append(_number(row, "epoch", index))
+        values.append(100.0 * value)
+    if not values:
+        raise ValueError(f"run {name!r}: no row has {key!r}")
+    return epochs, values
 
 
 def plot_lr(steps: Sequence[int], lrs: Sequence[float], path: Path) -> Path:

@@ -21,6 +21,7 @@ from cifar.plots import (
     plot_image_grid,
     plot_loss,
     plot_lr,
+    plot_runs,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -83,6 +84,33 @@ def test_curves_draw_val_only_from_rows_that_have_it(tmp_path, monkeypatch):
     assert accuracy["train"] == (epochs, [pytest.approx(20.0 * e) for e in epochs])
     # Without a validation split, no val line at all.
     assert set(drawn(plot_loss, rows(val=False), tmp_path / "none.png", monkeypatch)[0]) == {"train", "test"}
+
+
+def test_runs_share_axes_one_colour_per_run_and_fall_back_to_test_without_val(tmp_path, monkeypatch):
+    still_training = rows(epochs=2)
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda figure, where: figures.append(figure) or save(figure, where))
+    assert_png(plot_runs({"a": rows(), "b": still_training, "c": rows(val=False)}, tmp_path / "runs.png"))
+    (figure,) = figures
+    held_out, train = ({line.get_label(): line for line in axes.lines} for axes in figure.axes)
+    assert list(held_out) == ["a", "b", "c (test)"] and list(train) == ["a", "b", "c"]
+    assert list(held_out["b"].get_xdata()) == [1, 2]
+    assert list(held_out["c (test)"].get_ydata()) == [pytest.approx(18.0 * e) for e in (1, 2, 3, 4)]
+    assert list(train["a"].get_ydata()) == [pytest.approx(20.0 * e) for e in (1, 2, 3, 4)]
+    assert all(held_out[name].get_color() == train[name.removesuffix(" (test)")].get_color() for name in held_out)
+    assert len({line.get_color() for line in train.values()}) == 3
+
+
+@pytest.mark.parametrize(("runs", "message"), [
+    ({}, "non-empty mapping"),
+    ({"a": []}, "run 'a': rows must be a non-empty sequence"),
+    ({"a": [{"epoch": 1, "test_acc": 0.5}]}, "run 'a': no row has 'train_acc'"),
+    ({"a": [{"epoch": 1, "val_acc": 55.0, "train_acc": 0.5}]}, "must be a fraction"),
+])
+def test_runs_reject_bad_input(tmp_path, runs, message):
+    with pytest.raises(ValueError, match=message):
+        plot_runs(runs, tmp_path / "runs.png")
 
 
 def test_a_single_epoch_and_a_nan_loss_still_plot(tmp_path):

@@ -262,6 +262,25 @@ def test_markdown_table_has_one_row_per_recipe_with_mean_and_std(tmp_path: Path)
     assert one[2] == "1" and one[4] == "70.00%" and "--seed" not in one[9]
 
 
+def test_plot_draws_finished_and_running_folders_and_names_a_folder_without_epochs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    finished = make_run(tmp_path / "finished", epochs=1)
+    (finished / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_acc": 0.4, "test_acc": 0.5}) + "\n")
+    running = tmp_path / "running"
+    running.mkdir()
+    (running / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_acc": 0.3, "val_acc": 0.35}) + "\n")
+    plot = tmp_path / "curves.png"
+    assert main([str(finished), str(running), "--plot", str(plot)]) == 0
+    assert plot.read_bytes()[:4] == b"\x89PNG" and f"wrote {plot}" in capsys.readouterr().out
+    assert main([str(running), "--plot", str(plot)]) == 0  # a running folder alone is plotted, not an error
+    empty = tmp_path / "started"
+    empty.mkdir()
+    (empty / "metrics.jsonl").write_text("")
+    assert main([str(running), str(empty), "--plot", str(tmp_path / "other.png")]) == 2
+    assert "started/metrics.jsonl: no epoch has ended yet" in capsys.readouterr().err
+    assert not (tmp_path / "other.png").exists()
+
+
 def test_claims_layout_sets_a_seed_net_beside_its_write_up_with_its_best_epoch(tmp_path: Path) -> None:
     literal = make_run(tmp_path / "results" / "seed000-30ep-seed0", model="seed000", test_acc=0.80, epochs=3,
                        receptive_field=29, macs=44_140_000,
