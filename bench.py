@@ -121,6 +121,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                     for part in (flag, value)])
     except ConfigError as error:
         parser.error(str(error))
+    if args.train_baseline and args.recipe.augment_fade_from is not None:
+        parser.error("--train-baseline trains the seeds' way, with one pipeline for the whole run: give it a recipe "
+                     f"without augment_fade_from (this one has {args.recipe.augment_fade_from})")
     args.model, args.batch_size, args.augment = args.recipe.model, args.recipe.batch_size, args.recipe.augment
     return args
 

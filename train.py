@@ -49,7 +49,7 @@ from cifar import checkpoint as ckpt
 from cifar import plots
 from cifar.allocator import keep_freed_memory
 from cifar.augment import (AugmentedDataset, PlainDataset, TrainBatches, build_test_transform, build_train_transform,
-                           epoch_permutation, train_loader)
+                           epoch_permutation, fade_out, train_loader)
 from cifar.batch_augment import BatchAugment, DeviceBatches, resolve_augment_backend
 from cifar.config import ConfigError, TrainConfig, parse_config, save_yaml, trajectory_differences
 from cifar.data import CifarArrays, CifarDataError, load_cifar, stratified_split, stratified_subset
@@ -195,14 +195,19 @@ def build_feed(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays) ->
     except ValueError as error:
         raise BadInput(f"--val-size {cfg.val_size}, --subset {cfg.subset}, --batch-size {cfg.batch_size}: "
                        f"{error}") from error
-    train_set = AugmentedDataset(data.train_images[train_idx], data.train_labels[train_idx],
-                                 build_train_transform(cfg.augment, data.mean, data.std), cfg.seed)
+    # A fading augmentation is one pipeline per epoch, in either backend.
+    if cfg.augment_fade_from is None:
+        augment, transform = cfg.augment, build_train_transform(cfg.augment, data.mean, data.std)
+    else:
+        augment = fade_out(cfg.augment, cfg.epochs, cfg.augment_fade_from)
+        transform = [build_train_transform(pipeline, data.mean, data.std) for pipeline in augment]
+    train_set = AugmentedDataset(data.train_images[train_idx], data.train_labels[train_idx], transform, cfg.seed)
     loader: DataLoader | DeviceBatches
     if cfg.augment_backend == "torch":
         # A GPU outruns per-image augmentation in a few CPU workers: keep the uint8 set on the device, augment
         # whole batches there (cifar/batch_augment.py), each sample still a pure function of (seed, epoch, index).
         loader = DeviceBatches(train_set.images, train_set.labels, batches,
-                               BatchAugment(cfg.augment, data.mean, data.std, cfg.seed, len(train_set)),
+                               BatchAugment(augment, data.mean, data.std, cfg.seed, len(train_set)),
                                accelerator.device)
         description = "torch batch augmentation on the device"
     else:

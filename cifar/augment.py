@@ -205,6 +205,29 @@ def augment_settings(augment: str | AugmentSettings) -> AugmentSettings:
     return AUGMENT_PRESETS[augment]
 
 
+def fade_out(augment: str | AugmentSettings, epochs: int, start: float) -> tuple[AugmentSettings, ...]:
+    """The pipeline of each epoch of a run of ``epochs`` whose affine and cutout steps fade out: their
+    probabilities keep their full value while an epoch's midpoint lies within the first ``start`` of training,
+    then fall linearly toward 0 at its end (never 0 itself: the last epoch keeps 1 / (2 epochs (1 - start)) of
+    them). Flip, padding and colour stay as they are. A net of our size underfits its augmented images, and the
+    last epochs then fit the images it is tested on.
+
+    Raises:
+        ValueError: ``epochs`` below 1 or ``start`` outside [0, 1).
+    """
+    settings = augment_settings(augment)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"fade_out needs a positive number of epochs, got {epochs!r}")
+    if not _is_number(start) or not 0 <= start < 1:
+        raise ValueError(f"the fade's start {start!r} is not a fraction of the run in [0, 1)")
+    pipelines = []
+    for epoch in range(epochs):
+        keep = min(1.0, (1.0 - (epoch + 0.5) / epochs) / (1.0 - start))
+        pipelines.append(dataclasses.replace(settings, affine_p=settings.affine_p * keep,
+                                             cutout_p=settings.cutout_p * keep))
+    return tuple(pipelines)
+
+
 def build_train_transform(augment: str | AugmentSettings, mean: Sequence[float], std: Sequence[float]) -> A.Compose:
     """The training pipeline for a preset name or settings, normalizing with the training ``mean``/``std``.
 
@@ -349,7 +372,8 @@ class TrainBatches(Sampler[list[tuple[int, int]]]):
 
 
 class AugmentedDataset(Dataset[tuple[torch.Tensor, int]]):
-    """Training images under a random pipeline, reseeded per sample from ``(seed, epoch, index)``.
+    """Training images under a random pipeline (or one per epoch, as :func:`fade_out` gives them), reseeded per
+    sample from ``(seed, epoch, index)``.
 
     Items are keyed by ``(epoch, index)`` (see the module docstring); iterate with
     ``DataLoader(dataset, batch_sampler=TrainBatches(len(dataset), seed, batch_size), ...)`` or any sampler
@@ -357,8 +381,12 @@ class AugmentedDataset(Dataset[tuple[torch.Tensor, int]]):
     An item is ``(float32 CHW tensor, label)``. Not thread-safe: the pipeline's random state is set per call.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: A.BaseCompose, seed: int) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: A.BaseCompose | Sequence[A.BaseCompose],
+                 seed: int) -> None:
         self.images, self.labels = check_arrays(images, labels)
+        if not isinstance(transform, A.BaseCompose) and (not isinstance(transform, Sequence) or not transform):
+            raise ValueError(f"transform must be a pipeline or a non-empty sequence of them, one per epoch; got "
+                             f"{transform!r}")
         self.transform = transform
         self.seed = seed
         # One numpy and one Python generator shared by all steps, reseeded per sample, so the steps draw
@@ -376,9 +404,10 @@ class AugmentedDataset(Dataset[tuple[torch.Tensor, int]]):
                 "batch_sampler=TrainBatches(len(dataset), seed, batch_size) instead of shuffle=True or an index sampler"
             )
         epoch, index = key
+        transform = self.transform if isinstance(self.transform, A.BaseCompose) else self.transform[epoch]
         reseed(self._numpy_random, self._python_random, self.seed, Stream.AUGMENT, epoch, index)
-        self.transform.set_random_state(self._numpy_random, self._python_random)
-        return _to_tensor(self.transform(image=self.images[index])["image"]), int(self.labels[index])
+        transform.set_random_state(self._numpy_random, self._python_random)
+        return _to_tensor(transform(image=self.images[index])["image"]), int(self.labels[index])
 
 
 def train_loader(dataset: AugmentedDataset, batches: TrainBatches, num_workers: int, pin_memory: bool,

@@ -216,7 +216,8 @@ class BatchAugment:
     """The training pipeline of ``build_train_transform`` for whole batches, on the batch's device.
 
     Args:
-        augment: a name in ``AUGMENT_PRESETS`` or ``AugmentSettings``.
+        augment: a name in ``AUGMENT_PRESETS`` or ``AugmentSettings``, or one pipeline per epoch that differ
+            only in their affine and cutout probabilities (as ``fade_out`` makes them).
         mean, std: per-channel statistics in [0, 1] units (``CifarArrays.mean``/``.std``); the mean is also
             the holes' colour where the settings fill with it (``cutout_colour``, as the albumentations
             pipeline fills its uint8 image).
@@ -227,9 +228,16 @@ class BatchAugment:
         ValueError: an unknown preset name (the message lists the valid ones), or bad statistics.
     """
 
-    def __init__(self, augment: str | AugmentSettings, mean: Sequence[float], std: Sequence[float], seed: int,
-                 n: int) -> None:
-        self.settings = augment_settings(augment)
+    def __init__(self, augment: str | AugmentSettings | Sequence[AugmentSettings], mean: Sequence[float],
+                 std: Sequence[float], seed: int, n: int) -> None:
+        one = isinstance(augment, (str, AugmentSettings))
+        self.pipelines = (augment_settings(augment),) if one else tuple(map(augment_settings, augment))
+        if not self.pipelines or len({_without_probabilities(p) for p in self.pipelines}) > 1:
+            raise ValueError("BatchAugment takes one pipeline, or one per epoch that differ only in their affine and "
+                             f"cutout probabilities (as fade_out makes them); got {augment!r}")
+        # A step runs where any epoch may use it; each sample's coin, drawn with its epoch's probability, decides.
+        self.settings = dataclasses.replace(self.pipelines[0], affine_p=max(p.affine_p for p in self.pipelines),
+                                            cutout_p=max(p.cutout_p for p in self.pipelines))
         check_stats(mean, std)
         if n < 1:
             raise ValueError(f"BatchAugment needs at least one training sample, got n={n!r}")
@@ -264,7 +272,8 @@ class BatchAugment:
     def _table(self, epoch: int, device: torch.device) -> torch.Tensor:
         # The last epoch's table is kept: its batches then cost one gather each, not a draw for the whole set.
         if self._epoch_table is None or self._epoch_table[:2] != (epoch, device):
-            self._epoch_table = (epoch, device, _draw_table(self.settings, self.seed, epoch, self.n).to(device))
+            pipeline = self.pipelines[0] if len(self.pipelines) == 1 else self.pipelines[epoch]
+            self._epoch_table = (epoch, device, _draw_table(pipeline, self.seed, epoch, self.n).to(device))
         return self._epoch_table[2]
 
     def _constants_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -343,6 +352,10 @@ class BatchAugment:
         in_cols = (steps >= left) & (steps < left + params.cutout_w[..., None])
         inside = in_rows[..., :, None] & in_cols[..., None, :] & applies[..., None, None]  # (B, slots, 32, 32)
         return inside.any(dim=1, keepdim=True)
+
+
+def _without_probabilities(settings: AugmentSettings) -> AugmentSettings:
+    return dataclasses.replace(settings, affine_p=0.0, cutout_p=0.0)
 
 
 def _where_flagged(flags: torch.Tensor, step: Callable[[torch.Tensor, SampleParams], torch.Tensor], x: torch.Tensor,

@@ -69,6 +69,9 @@ class TrainConfig:
                                     "scales, biases)")
     train_norm_scales: bool = _setting(True, "train BatchNorm scales (--no-train-norm-scales: fixed at 1)")
     augment: str = _setting("light", "training augmentation preset", tuple(AUGMENT_PRESETS))
+    augment_fade_from: float | None = _setting(None, "fade the affine and cutout steps out: their probabilities "
+                                               "fall linearly toward 0 from this fraction of training on, e.g. "
+                                               "0.5 (default: constant)")
     augment_backend: str = _setting("auto", "what runs the augmentation: albumentations (per image in DataLoader "
                                     "workers, the reference) or torch (whole batches on the training device); "
                                     "auto: torch on a GPU, albumentations on a CPU", AUGMENT_BACKENDS)
@@ -122,6 +125,8 @@ class TrainConfig:
         _require(self, math.isfinite(self.bias_lr_scale) and self.bias_lr_scale > 0, "bias_lr_scale",
                  "a positive finite number")
         _require(self, 0 < self.ema_decay < 1, "ema_decay", "a number in (0, 1)")
+        _require(self, self.augment_fade_from is None or 0 <= self.augment_fade_from < 1, "augment_fade_from",
+                 "a fraction of training in [0, 1)")
         _require(self, self.batch_size % self.grad_accum == 0, "batch_size",
                  f"a multiple of --grad-accum {self.grad_accum} (each micro-batch is the same size)")
         try:
@@ -152,11 +157,11 @@ class TrainConfig:
 # or it would not continue the same run. The others (paths, workers, logging) may change between restarts.
 TRAJECTORY_FIELDS = ("model", "epochs", "batch_size", "grad_accum", "lr", "optimizer", "momentum", "nesterov",
                      "scheduler", "scheduler_params", "weight_decay", "label_smoothing", "bias_lr_scale",
-                     "train_norm_scales", "augment", "augment_backend", "seed", "subset", "val_size", "sync_bn",
+                     "train_norm_scales", "augment", "augment_fade_from", "augment_backend", "seed", "subset", "val_size", "sync_bn",
                      "ema", "ema_decay", "channels_last")
 # What runs saved before a trajectory setting existed did instead.
 _BEFORE_THE_SETTING: dict[str, Any] = {"augment_backend": "albumentations", "scheduler_params": {},
-                                       "bias_lr_scale": 1.0, "train_norm_scales": True}
+                                       "bias_lr_scale": 1.0, "train_norm_scales": True, "augment_fade_from": None}
 
 
 def trajectory_differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:

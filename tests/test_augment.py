@@ -23,6 +23,7 @@ from cifar.augment import (
     build_test_transform,
     build_train_transform,
     epoch_permutation,
+    fade_out,
     steps_per_epoch,
 )
 
@@ -354,3 +355,33 @@ def test_as_run_holes_are_one_or_two_black_rectangles_of_3_to_6_pixels(images: n
     # half the draws cut two: about 27 on average. Only two holes can cover more than 36.
     areas = np.array(areas)
     assert 24 < areas.mean() < 30 and (areas > 36).mean() > 0.1
+
+
+def test_fade_out_keeps_the_pipeline_until_its_start_then_lowers_affine_and_cutout_linearly() -> None:
+    light = AUGMENT_PRESETS["light"]
+    pipelines = fade_out("light", 10, 0.5)
+    assert pipelines[:5] == (light,) * 5  # epoch midpoints 0.05 .. 0.45 lie before the start
+    keep = [pipeline.affine_p / light.affine_p for pipeline in pipelines[5:]]
+    assert keep == pytest.approx([0.9, 0.7, 0.5, 0.3, 0.1])
+    assert [p.cutout_p / light.cutout_p for p in pipelines[5:]] == pytest.approx(keep)
+    assert all(dataclasses.replace(p, affine_p=light.affine_p, cutout_p=light.cutout_p) == light for p in pipelines)
+    assert fade_out("light", 4, 0.0)[0].affine_p == pytest.approx(light.affine_p * 7 / 8)  # from the first epoch
+    assert fade_out("light", 1, 0.9) == (light,)  # a one-epoch run's midpoint comes before a late start
+
+
+@pytest.mark.parametrize(("epochs", "start", "message"), [
+    (0, 0.5, "positive number of epochs"), (10, 1.0, r"start 1.0 is not a fraction"),
+    (10, -0.1, "not a fraction"), (True, 0.5, "positive number of epochs")])
+def test_fade_out_rejects_what_is_not_a_schedule(epochs: object, start: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        fade_out("light", epochs, start)
+
+
+def test_a_dataset_with_one_pipeline_per_epoch_uses_the_epochs_own(images: np.ndarray, labels: np.ndarray) -> None:
+    always_flip = dataclasses.replace(NOTHING, hflip_p=1.0)
+    per_epoch = [build_train_transform(NOTHING, MEAN, STD), build_train_transform(always_flip, MEAN, STD)]
+    dataset = AugmentedDataset(images, labels, per_epoch, seed=0)
+    assert np.array_equal(pixels(dataset[(0, 3)][0]), images[3])
+    assert np.array_equal(pixels(dataset[(1, 3)][0]), images[3, :, ::-1])
+    with pytest.raises(ValueError, match="one per epoch"):
+        AugmentedDataset(images, labels, [], seed=0)

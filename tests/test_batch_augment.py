@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 import cifar.batch_augment
 from cifar.augment import (
+    fade_out,
     AUGMENT_PRESETS,
     AugmentedDataset,
     AugmentSettings,
@@ -497,3 +498,19 @@ def test_as_run_hole_draws_match_albumentations(images: np.ndarray) -> None:
         summaries.append((area, centre_row))
     for what, position in (("hole area", 0), ("hole centre row", 1)):
         assert_same_distribution(summaries[0][position], summaries[1][position], what)
+
+
+def test_one_pipeline_per_epoch_draws_each_epochs_probabilities_and_nothing_else_may_differ() -> None:
+    both = dataclasses.replace(NOTHING, affine_p=1.0, cutout_p=1.0, hflip_p=0.5)
+    pipelines = fade_out(both, 4, 0.0)  # keep 7/8, 5/8, 3/8, 1/8
+    augment = BatchAugment(pipelines, MEAN, STD, seed=0, n=20000)
+    for epoch, keep in enumerate((7 / 8, 5 / 8, 3 / 8, 1 / 8)):
+        params = augment.params(epoch)
+        assert abs(params.affine.float().mean().item() - keep) < 0.02
+        assert abs(params.cutout.float().mean().item() - keep) < 0.02
+        assert abs(params.flip.float().mean().item() - 0.5) < 0.02
+    # An epoch's draws are those of its own pipeline given alone: one per epoch changes nothing else.
+    alone = BatchAugment(pipelines[2], MEAN, STD, seed=0, n=20000).params(2)
+    assert torch.equal(augment.params(2).table(), alone.table())
+    with pytest.raises(ValueError, match="differ only in their affine and cutout probabilities"):
+        BatchAugment([both, dataclasses.replace(both, rotate=5.0)], MEAN, STD, seed=0, n=10)

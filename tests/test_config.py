@@ -192,6 +192,7 @@ INVALID_VALUES = [
     (["--subset", "0"], ["--subset 0", "positive"]),
     (["--batch-size", "100", "--grad-accum", "3"], ["--batch-size 100", "multiple of --grad-accum 3"]),
     (["--resume", "auto"], ["--resume auto", "--output-dir"]),
+    (["--augment-fade-from", "1"], ["--augment-fade-from 1.0", "[0, 1)"]),
 ]
 
 
@@ -276,6 +277,14 @@ def test_a_checkpoint_from_before_scheduler_params_existed_counts_as_the_default
     assert trajectory_differences(saved, TrainConfig()) == []
     [difference] = trajectory_differences(saved, TrainConfig(scheduler_params={"final_div_factor": 1e3}))
     assert "--scheduler-params: {} in the checkpoint, {'final_div_factor': 1000.0} now" in difference
+
+
+def test_a_checkpoint_from_before_augment_fade_from_existed_had_a_constant_pipeline():
+    saved = TrainConfig().to_dict()
+    del saved["augment_fade_from"]
+    assert trajectory_differences(saved, TrainConfig()) == []
+    [difference] = trajectory_differences(saved, TrainConfig(augment_fade_from=0.5))
+    assert "--augment-fade-from: None in the checkpoint, 0.5 now" in difference
 
 
 def test_trajectory_differences_ignore_paths_workers_and_logging():

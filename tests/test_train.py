@@ -272,6 +272,24 @@ def test_fixed_norm_scales_stay_at_one_and_both_settings_are_saved_with_the_run(
     assert "train_norm_scales: false\n" in config and "bias_lr_scale: 8.0\n" in config
 
 
+@pytest.mark.parametrize("backend", ["albumentations", "torch"])
+def test_a_fading_augmentation_changes_only_the_epochs_after_its_start(tiny: Path, tmp_path: Path,
+                                                                       backend: str) -> None:
+    runs = {}
+    for name, fade in (("constant", ()), ("fading", ("--augment-fade-from", "0.5"))):
+        runs[name] = tmp_path / name
+        result = train(*BASE, "--data-dir", tiny, "--epochs", "2", "--augment", "standard", "--augment-backend",
+                       backend, "--output-dir", runs[name], *fade)
+        assert result.returncode == 0, result.stderr
+    constant, fading = (rows(runs[name]) for name in ("constant", "fading"))
+    # Epoch 1's midpoint lies before the start: the same images, the same numbers; epoch 2 keeps half the
+    # affine and cutout steps.
+    numbers = ("train_loss", "train_acc", "test_loss")
+    assert [constant[0][key] for key in numbers] == [fading[0][key] for key in numbers]
+    assert constant[1]["train_loss"] != fading[1]["train_loss"]
+    assert "augment_fade_from: 0.5\n" in (runs["fading"] / "config.yaml").read_text()
+
+
 def test_sigkill_anywhere_then_resume_auto_is_bit_identical(tiny: Path, straight: Path, tmp_path: Path,
                                                           kill_rounds) -> None:
     """Three SIGKILLs to the whole process group, each at a seeded random moment after a new checkpoint; every
