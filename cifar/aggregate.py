@@ -18,8 +18,8 @@ model, params, epochs, seeds (linked to their folders), final-epoch test accurac
 test-time augmentation (flip; flip and ±1 px translations: see cifar.tta), hardware, training time, and the
 train.py command, rebuilt from config.yaml (where the data and the outputs live is left out).
 
-Generated tables live in README.md and docs/*.md between marker comments that also name their runs, as globs
-relative to the page's folder (``../results/...`` from docs/)::
+Generated tables live in README.md, docs/*.md and results/README.md between marker comments that also name their
+runs, as globs relative to the page's folder (``../results/...`` from docs/)::
 
     <!-- table:default-net results/c4net_deep16-35ep-* -->
     ...generated...
@@ -347,8 +347,9 @@ def section_body(section: TableSection, base: Path) -> str:
 
 
 def pages_with_tables(root: Path = REPOSITORY) -> list[Path]:
-    """The documentation pages under ``root`` (README.md, docs/*.md) that hold a generated table."""
-    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    """The documentation pages under ``root`` (README.md, docs/*.md, results/README.md) that hold a generated
+    table."""
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md")), root / "results" / "README.md"]
     return [page for page in pages if page.is_file() and table_sections(page.read_text())]
 
 
@@ -409,7 +410,8 @@ def main(argv: list[str]) -> int:
                         help="print a docs table (one row per recipe) instead of one row per run")
     parser.add_argument("--update-docs", nargs="*", type=Path, metavar="PAGE",
                         help="regenerate the tables of these markdown pages (default: every page of the repository "
-                             "that holds one: README.md, docs/*.md) from the runs their markers name")
+                             "that holds one: README.md, docs/*.md, results/README.md) from the runs their markers "
+                             "name")
     parser.add_argument("--section", metavar="NAME", help="with --update-docs: only the table NAME")
     parser.add_argument("--plot", type=Path, metavar="FILE.png",
                         help="also draw the folders' accuracy curves side by side (finished runs or not)")
