@@ -583,7 +583,9 @@ def requeue_own_job(say: Callable[..., None]) -> None:
         say(f"warning: could not requeue SLURM job {job} ({error}); submit the same job again to resume",
             file=sys.stderr)
         return
-    say(f"requeued SLURM job {job}: it resumes from the checkpoint when it starts again")
+    # Flushed now: SLURM ends the job's processes soon after it takes the job back, and a line left in the buffer
+    # of a redirected stdout would be lost with them.
+    say(f"requeued SLURM job {job}: it resumes from the checkpoint when it starts again", flush=True)
 
 
 # ====================================================================== checkpoints
