@@ -157,8 +157,8 @@ class TrainConfig:
 # or it would not continue the same run. The others (paths, workers, logging) may change between restarts.
 TRAJECTORY_FIELDS = ("model", "epochs", "batch_size", "grad_accum", "lr", "optimizer", "momentum", "nesterov",
                      "scheduler", "scheduler_params", "weight_decay", "label_smoothing", "bias_lr_scale",
-                     "train_norm_scales", "augment", "augment_fade_from", "augment_backend", "seed", "subset", "val_size", "sync_bn",
-                     "ema", "ema_decay", "channels_last")
+                     "train_norm_scales", "augment", "augment_fade_from", "augment_backend", "seed", "subset",
+                     "val_size", "sync_bn", "ema", "ema_decay", "channels_last")
 # What runs saved before a trajectory setting existed did instead.
 _BEFORE_THE_SETTING: dict[str, Any] = {"augment_backend": "albumentations", "scheduler_params": {},
                                        "bias_lr_scale": 1.0, "train_norm_scales": True, "augment_fade_from": None}

@@ -67,7 +67,9 @@ def plot_runs(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> Pa
                                       label=name if split == "val" else f"{name} (test)")[0]
         train.plot(*_accuracy_series(rows, "train_acc", name), marker="o", markersize=2, label=name,
                    color=held_out_line.get_color())
-    for axes, title in ((held_out, "held-out accuracy: validation split, or test where marked"), (train, "augmented training accuracy")):
+    titles = {held_out: "held-out accuracy: validation split, or test where marked",
+              train: "augmented training accuracy"}
+    for axes, title in titles.items():
         axes.set_xlabel("epoch")
         axes.set_ylabel("accuracy (%)")
         axes.set_title(title)
