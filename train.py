@@ -789,8 +789,9 @@ def resolve_precision(cfg: TrainConfig) -> str:
 
 
 def evaluate_weights(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays) -> int:
-    """--eval-only: test accuracy (plain and with test-time augmentation) and a per-class table for a run folder,
-    a shipped result (its folder, or its name in results/), a .safetensors file or a checkpoint."""
+    """--eval-only: test accuracy (plain and with test-time augmentation), a per-class table and the accuracy on
+    the un-augmented training images, for a run folder, a shipped result (its folder, or its name in results/), a
+    .safetensors file or a checkpoint."""
     net, name, _ = ckpt.load_net(resolve_weights(cfg.eval_only), default_name=cfg.model)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -803,6 +804,11 @@ def evaluate_weights(cfg: TrainConfig, accelerator: Accelerator, data: CifarArra
                       f"loss {result.loss:.4f}; {tta_text(tta)}")
     accelerator.print(per_class_table(confusion_matrix(result.predictions, result.labels, len(data.classes)),
                                       data.classes))
+    # How far the net fits the images it learned from, as the test images are shown to it: the augmented training
+    # accuracy a run logs says more about its augmentation than about the fit.
+    fit = evaluate(accelerator, net, accelerator.prepare(eval_loader(data.train_images, data.train_labels, data, cfg)))
+    accelerator.print(f"training images without augmentation: accuracy {fit.accuracy:.2%} (all {fit.count:,}, a run's "
+                      f"validation split among them), loss {fit.loss:.4f}")
     accelerator.end_training()
     return 0
 

@@ -424,14 +424,24 @@ def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(tiny: Path, straigh
     assert_same_run(straight, out)
 
 
-def test_eval_only_reports_accuracy_and_a_per_class_table(tiny: Path, straight: Path) -> None:
+def test_eval_only_reports_accuracy_a_per_class_table_and_the_fit_of_the_training_images(
+        tiny: Path, straight: Path) -> None:
     summary = json.loads((straight / "summary.json").read_text())
     newest = ckpt.list_checkpoints(straight / "checkpoints")[-1]
+    from cifar.nets import build_net
+    net = build_net("c4net_tiny").eval()
+    net.load_state_dict(load_file(straight / "model.safetensors"))
+    data = load_cifar(tiny)
+    with torch.no_grad():
+        predicted = net(evaluation_inputs(data.train_images, data)).argmax(1)
+    fit = (predicted == torch.from_numpy(data.train_labels)).float().mean().item()
     for weights in (straight / "model.safetensors", newest):
         result = train("--cpu", "--data-dir", tiny, "--eval-only", weights, "--num-workers", "0")
         assert result.returncode == 0, result.stderr
         assert f"test accuracy {summary['test_acc']:.2%} (100 images)" in result.stdout
         assert "airplane" in result.stdout and "total" in result.stdout
+        assert (f"training images without augmentation: accuracy {fit:.2%} (all {len(data.train_labels):,}, "
+                in result.stdout), result.stdout
 
 
 def test_a_bf16_run_on_the_cpu_is_evaluated_in_fp32_during_training_and_after(tiny: Path, tmp_path: Path) -> None:
