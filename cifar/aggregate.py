@@ -247,8 +247,13 @@ def _group_pm(values: list[float | None], show: Callable[[float], str]) -> str:
     return _pm(*_mean_std([value for value in values if value is not None]), show)
 
 
-def _duration(seconds: float) -> str:
-    return f"{seconds:,.0f} s" if seconds < 600 else f"{seconds / 60:,.0f} min"
+def _training_time(seconds: list[float | None]) -> str:
+    """Mean ± sample std, both in the mean's unit: seconds under ten minutes, else minutes."""
+    if any(value is None for value in seconds):
+        return "-"
+    mean, std = _mean_std([value for value in seconds if value is not None])
+    unit, scale = ("s", 1) if mean is not None and mean < 600 else ("min", 60)
+    return _pm(mean, std, lambda value: f"{value / scale:,.0f} {unit}")
 
 
 def _cell(text: str) -> str:
@@ -281,7 +286,7 @@ def _group_cells(group: list[RunResult], link_base: Path) -> dict[str, str]:
         "test acc (best epoch)": _group_pm([run.best_test_acc for run in group], _pct),
         "flip TTA": _group_pm([run.test_acc_tta for run in group], _pct),
         "flip + translate TTA": _group_pm([run.test_acc_tta_translate for run in group], _pct),
-        "hardware": hardware, "training time": _group_pm([run.train_seconds for run in group], _duration),
+        "hardware": hardware, "training time": _training_time([run.train_seconds for run in group]),
         "command": f"`{train_command(group)}`",
     }
 

@@ -262,6 +262,14 @@ def test_markdown_table_has_one_row_per_recipe_with_mean_and_std(tmp_path: Path)
     assert one[2] == "1" and one[4] == "70.00%" and "--seed" not in one[9]
 
 
+def test_training_time_and_its_spread_share_one_unit(tmp_path: Path) -> None:
+    runs = [read_run(make_run(tmp_path / "results" / f"c4net_tiny-2ep-seed{seed}", seed=seed, train_seconds=seconds))
+            for seed, seconds in [(0, 3600.0), (1, 4200.0)]]
+    [row] = markdown_table(runs, tmp_path).splitlines()[2:]
+    # 3,900 s ± 424 s: minutes for both, never "65 min ± 424 s".
+    assert "| 65 min ± 7 min |" in row, row
+
+
 def test_plot_draws_finished_and_running_folders_and_names_a_folder_without_epochs(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     finished = make_run(tmp_path / "finished", epochs=1)
