@@ -26,7 +26,10 @@ runs, as globs relative to the page's folder (``../results/...`` from docs/)::
     <!-- /table:default-net -->
 
 A ``layout=claims`` word among the globs sets the runs beside their write-ups' claims instead (the seed nets:
-RF, MMACs, constraints, the claim, final- and best-epoch test accuracy).
+RF, MMACs, constraints, the claim, final- and best-epoch test accuracy); ``layout=search`` logs a search, one
+row per run: the net and its description, the recipe's flags beyond the defaults, params, MMACs, the last
+epoch's validation, augmented training and test accuracy, and the training images/s of the first epoch and the
+median epoch.
 
 ``--update-docs`` regenerates every such table of every page that holds one (or of the pages given; or only the
 table ``--section`` names) from its runs, so a table is never typed by hand; tests/test_results.py fails when a
@@ -51,6 +54,7 @@ import yaml
 
 from cifar.config import TRAJECTORY_FIELDS, config_flags
 from cifar.files import write_atomic
+from cifar.nets import list_nets, net_description
 from cifar.nets.seeds import WRITE_UP_CLAIMS
 from cifar.plots import plot_runs
 
@@ -77,7 +81,12 @@ class RunResult:
     receptive_field: int | None = None
     macs: int | None = None
     constraints: dict[str, bool] | None = None
-    best_test_acc: float | None = None  # the best epoch's, from metrics.jsonl: what choosing on the test set gives
+    # From metrics.jsonl: the best epoch's test accuracy (what choosing on the test set gives), the last epoch's
+    # validation and augmented training accuracy, and each epoch's training images/s.
+    best_test_acc: float | None = None
+    final_val_acc: float | None = None
+    final_train_acc: float | None = None
+    images_per_second: tuple[float, ...] = ()
     config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -97,7 +106,7 @@ def read_run(directory: Path) -> RunResult:
         run = RunResult(path=str(directory), model=summary["model"], seed=summary.get("seed"),
                         epochs=summary["epochs"], test_acc=summary["test_acc"],
                         best_val_acc=summary.get("best_val_acc"), train_seconds=summary["train_seconds"],
-                        best_test_acc=_best_test_acc(directory / "metrics.jsonl"), **optional)
+                        **_curve_facts(directory / "metrics.jsonl"), **optional)
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise RunFolderError(f"{summary_path}: not a train.py summary ({type(error).__name__}: {error})") from error
     config_path = directory / "config.yaml"
@@ -136,13 +145,17 @@ def plot_curves(directories: list[Path], path: Path) -> Path:
     return plot_runs({label: read_curves(d) for label, d in zip(labels, directories)}, path)
 
 
-def _best_test_acc(metrics: Path) -> float | None:
-    """The highest per-epoch test accuracy in a metrics.jsonl (None without one)."""
+def _curve_facts(metrics: Path) -> dict[str, Any]:
+    """What :class:`RunResult` takes from a metrics.jsonl (nothing without one): the highest per-epoch test
+    accuracy, the last epoch's validation and augmented training accuracy, each epoch's training images/s."""
     if not metrics.is_file():
-        return None
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    accuracies = [row["test_acc"] for row in rows if "epoch" in row and row.get("test_acc") is not None]
-    return max(accuracies, default=None)
+        return {}
+    rows = [row for row in map(json.loads, filter(str.strip, metrics.read_text().splitlines())) if "epoch" in row]
+    accuracies = [row["test_acc"] for row in rows if row.get("test_acc") is not None]
+    last = rows[-1] if rows else {}
+    return {"best_test_acc": max(accuracies, default=None), "final_val_acc": last.get("val_acc"),
+            "final_train_acc": last.get("train_acc"),
+            "images_per_second": tuple(row["images_per_second"] for row in rows if "images_per_second" in row)}
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -199,14 +212,20 @@ def runs_table(runs: list[RunResult], stats: Stats, unfinished: list[str]) -> st
 
 # Where the data and the outputs live, and how a run restarts: not part of a recipe's command.
 COMMAND_LEAVES_OUT = ("output_dir", "data_dir", "download", "resume", "eval_only", "seed")
+# What a search's runs share by its protocol (the net aside; the augmentation backend is the one the device picks):
+# the rest of the trajectory is the recipe they vary.
+SEARCH_PROTOCOL = ("model", "epochs", "seed", "val_size", "subset", "augment_backend")
 # A generated table's columns by its layout: "recipes" compares recipes; "claims" sets nets beside what their
 # write-ups claim (cifar.nets.seeds.WRITE_UP_CLAIMS), with the best epoch's test accuracy to show what choosing
-# on the test set adds.
+# on the test set adds; "search" logs a search's runs (one seed each, on a validation split) with the net, the
+# recipe beyond the defaults, cost, the last epoch's accuracies and the training speed.
 LAYOUTS: dict[str, tuple[str, ...]] = {
     "recipes": ("model", "params", "epochs", "seeds", "test acc (final epoch)", "flip TTA", "flip + translate TTA",
                 "hardware", "training time", "command"),
     "claims": ("model", "params", "RF", "MMACs", "constraints", "write-up's claim", "epochs", "seeds",
                "test acc (final epoch)", "test acc (best epoch)", "hardware", "training time", "command"),
+    "search": ("run", "net", "recipe", "params", "MMACs", "val acc (final epoch)",
+               "augmented train acc (final epoch)", "test acc (final epoch)", "img/s: epoch 1, median"),
 }
 
 
@@ -256,6 +275,32 @@ def _training_time(seconds: list[float | None]) -> str:
     return _pm(mean, std, lambda value: f"{value / scale:,.0f} {unit}")
 
 
+def recipe_flags(config: dict[str, Any]) -> str:
+    """The flags by which a run's trajectory differs from the trainer's defaults, the search protocol's
+    (:data:`SEARCH_PROTOCOL`) left out; "default" for none, ``-`` without a config.yaml."""
+    if not config:
+        return "-"
+    leave_out = [name for name in config if name not in TRAJECTORY_FIELDS or name in SEARCH_PROTOCOL]
+    flags = config_flags(config, leave_out=leave_out)
+    return f"`{shlex.join(flags)}`" if flags else "default"
+
+
+def _images_per_second(runs: list[RunResult]) -> str:
+    """The first epoch's training images/s and the median over all epochs, each the mean over ``runs``; ``-``
+    unless every run logged them."""
+    if any(not run.images_per_second for run in runs):
+        return "-"
+    first = statistics.fmean(run.images_per_second[0] for run in runs)
+    median = statistics.fmean(statistics.median(run.images_per_second) for run in runs)
+    return f"{first:,.0f}, {median:,.0f}"
+
+
+def _net(model: str) -> str:
+    """A registered net's name with its description; the name alone for one no longer registered."""
+    description = net_description(model) if model in list_nets() else ""
+    return f"`{model}`: {description}" if description else f"`{model}`"
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -276,6 +321,12 @@ def _group_cells(group: list[RunResult], link_base: Path) -> dict[str, str]:
     if first.threads:
         hardware += f", {first.threads} thread(s) per process"
     return {
+        "run": ", ".join(f"[{Path(run.path).name}]({Path(os.path.relpath(run.path, link_base)).as_posix()})"
+                         for run in group),
+        "net": _net(first.model), "recipe": recipe_flags(first.config),
+        "val acc (final epoch)": _group_pm([run.final_val_acc for run in group], _pct),
+        "augmented train acc (final epoch)": _group_pm([run.final_train_acc for run in group], _pct),
+        "img/s: epoch 1, median": _images_per_second(group),
         "model": first.model, "params": "-" if first.params is None else f"{first.params:,}",
         "RF": "-" if first.receptive_field is None else str(first.receptive_field),
         "MMACs": "-" if first.macs is None else f"{first.macs / 1e6:.1f}",
@@ -299,8 +350,12 @@ def markdown_table(runs: list[RunResult], link_base: Path, layout: str = "recipe
         raise ValueError(f"unknown table layout {layout!r}; valid: {', '.join(LAYOUTS)}")
     columns = LAYOUTS[layout]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    described: set[str] = set()
     for group in recipe_groups(runs):
         cells = _group_cells(group, link_base)
+        if group[0].model in described:  # a net is described at its first row only
+            cells["net"] = f"`{group[0].model}`"
+        described.add(group[0].model)
         lines.append("| " + " | ".join(_cell(cells[column]) for column in columns) + " |")
     return "\n".join(lines)
 

@@ -23,6 +23,7 @@ from cifar import results
 from cifar.aggregate import (LAYOUTS, RunFolderError, TableSection, markdown_table, main, pages_with_tables,
                              read_run, section_body, section_folders, table_sections, update_tables)
 from cifar.config import TrainConfig
+from cifar.nets import net_description
 from cifar.pretrained import build_net
 from cifar.replay import ReplayPlan, compare_weights, plan_replay, replay_command
 from cifar.tta import tta_logits, tta_views
@@ -307,8 +308,37 @@ def test_claims_layout_sets_a_seed_net_beside_its_write_up_with_its_best_epoch(t
     assert (seed["test acc (final epoch)"], seed["test acc (best epoch)"]) == ("80.00%", "83.00%")
     default = dict(zip(LAYOUTS["claims"], (cell.strip() for cell in table[3].strip("|").split("|"))))
     assert (default["constraints"], default["write-up's claim"], default["MMACs"]) == ("all met", "-", "-")
-    with pytest.raises(ValueError, match="unknown table layout 'wide'; valid: recipes, claims"):
+    with pytest.raises(ValueError, match="unknown table layout 'wide'; valid: recipes, claims, search"):
         markdown_table([read_run(ours)], tmp_path, layout="wide")
+
+
+def test_search_layout_logs_each_run_with_its_recipe_last_epoch_and_speed(tmp_path: Path) -> None:
+    def search_run(name: str, images_per_second: list[float], model: str = "c4net_tiny", **changes: object) -> Path:
+        folder = make_run(tmp_path / "search" / name, model=model, epochs=3, test_acc=0.80)
+        config = {**yaml.safe_load((folder / "config.yaml").read_text()), "val_size": 5000, **changes}
+        (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        rows = [{"epoch": epoch, "train_acc": 0.5 + epoch / 10, "val_acc": 0.6 + epoch / 10, "test_acc": 0.8,
+                 **({"images_per_second": speed} if speed else {})}
+                for epoch, speed in enumerate(images_per_second, start=1)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return folder
+
+    base = search_run("n3-base", [100.0, 200.0, 900.0])
+    faster = search_run("n3-lr02", [300.0, 500.0, 400.0], lr=0.2, augment_backend="albumentations")
+    unlogged = search_run("n3-old", [0, 0, 0], model="c4next_tiny")
+    table = markdown_table([read_run(base), read_run(faster), read_run(unlogged)], tmp_path, layout="search")
+    header, _, *rows = table.splitlines()
+    assert header == ("| run | net | recipe | params | MMACs | val acc (final epoch) | augmented train acc (final "
+                      "epoch) | test acc (final epoch) | img/s: epoch 1, median |")
+    cells = [dict(zip(LAYOUTS["search"], (cell.strip() for cell in row.strip("|").split("|")))) for row in rows]
+    assert cells[0]["run"] == "[n3-base](search/n3-base)"
+    assert cells[0]["net"] == f"`c4net_tiny`: {net_description('c4net_tiny')}" and cells[1]["net"] == "`c4net_tiny`"
+    # The protocol's settings (the validation split, the backend the device picked) and the non-trajectory ones
+    # (--cpu, --mixed-precision) are not the recipe: only what a search varies is.
+    assert (cells[0]["recipe"], cells[1]["recipe"]) == ("default", "`--lr 0.2`")
+    assert [cells[0][column] for column in LAYOUTS["search"][5:]] == ["90.00%", "80.00%", "80.00%", "100, 200"]
+    assert cells[1]["img/s: epoch 1, median"] == "300, 400"
+    assert cells[2]["img/s: epoch 1, median"] == "-" and cells[2]["net"].startswith("`c4next_tiny`: c4next, ")
 
 
 def test_a_table_marker_may_name_its_layout(tmp_path: Path) -> None:
