@@ -20,9 +20,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 from cifar.files import write_atomic
@@ -59,14 +61,13 @@ def plot_runs(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> Pa
         raise ValueError(f"runs must be a non-empty mapping of run names to per-epoch rows; got {runs!r}")
     figure = _new_figure((11.0, 4.2))
     held_out, train = figure.subplots(1, 2, sharex=True)
-    for name, rows in runs.items():
+    for name, rows, colour in zip(runs, runs.values(), _distinct_colours(len(runs))):
         if isinstance(rows, (str, Mapping)) or not isinstance(rows, Sequence) or not rows:
             raise ValueError(f"run {name!r}: rows must be a non-empty sequence of per-epoch mappings; got {rows!r}")
         split = "val" if any(isinstance(row, Mapping) and "val_acc" in row for row in rows) else "test"
-        held_out_line = held_out.plot(*_accuracy_series(rows, f"{split}_acc", name), marker="o", markersize=2,
-                                      label=name if split == "val" else f"{name} (test)")[0]
-        train.plot(*_accuracy_series(rows, "train_acc", name), marker="o", markersize=2, label=name,
-                   color=held_out_line.get_color())
+        held_out.plot(*_accuracy_series(rows, f"{split}_acc", name), marker="o", markersize=2, color=colour,
+                      label=name if split == "val" else f"{name} (test)")
+        train.plot(*_accuracy_series(rows, "train_acc", name), marker="o", markersize=2, label=name, color=colour)
     titles = {held_out: "held-out accuracy: validation split, or test where marked",
               train: "augmented training accuracy"}
     for axes, title in titles.items():
@@ -76,6 +77,15 @@ def plot_runs(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> Pa
         axes.grid(alpha=0.3)
     held_out.legend(fontsize="small")
     return _save(figure, path)
+
+
+def _distinct_colours(count: int) -> list[str]:
+    """One colour per run: the default cycle's ten, or tab20's twenty where a search compares more (the cycle
+    would repeat a colour, and two runs would read as one). More than twenty repeat."""
+    palette = ([f"tab:{name}" for name in ("blue", "orange", "green", "red", "purple", "brown", "pink", "gray",
+                                            "olive", "cyan")] if count <= 10 else
+               [to_hex(rgb) for rgb in matplotlib.colormaps["tab20"].colors])
+    return [palette[index % len(palette)] for index in range(count)]
 
 
 def _accuracy_series(rows: Sequence[Mapping[str, Any]], key: str, name: str) -> tuple[list[float], list[float]]:

@@ -102,6 +102,16 @@ def test_runs_share_axes_one_colour_per_run_and_fall_back_to_test_without_val(tm
     assert len({line.get_color() for line in train.values()}) == 3
 
 
+def test_a_search_of_more_than_ten_runs_gets_a_colour_each(tmp_path, monkeypatch):
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda figure, where: figures.append(figure) or save(figure, where))
+    assert_png(plot_runs({f"run{index}": rows() for index in range(13)}, tmp_path / "search.png"))
+    (figure,) = figures
+    for axes in figure.axes:  # the default cycle has ten colours: an eleventh run would repeat the first's
+        assert len({line.get_color() for line in axes.lines}) == 13
+
+
 @pytest.mark.parametrize(("runs", "message"), [
     ({}, "non-empty mapping"),
     ({"a": []}, "run 'a': rows must be a non-empty sequence"),
