@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import broadcast, broadcast_object_list, gather_object
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -60,7 +60,7 @@ from cifar.metrics import confusion_matrix, per_class_table
 from cifar.nets import build_net
 from cifar.nets.whitening import fit_patch_whitening
 from cifar.nets.analysis import NetReport, analyze_net
-from cifar.optim import build_optimizer, fix_norm_scales
+from cifar.optim import build_optimizer, debiased_ema_update, fix_norm_scales
 from cifar.pretrained import resolve_weights
 from cifar.saving import (EXIT_SAVE_FAILED, SaveFailed, failure_message, newest_complete_checkpoint,
                           resume_command)
@@ -244,7 +244,7 @@ def build_learner(cfg: TrainConfig, accelerator: Accelerator, data: CifarArrays,
     schedule = build_schedule(cfg.scheduler, optimizer, feed.total_steps, **cfg.scheduler_params)
     model, optimizer = accelerator.prepare(net, optimizer)
     plain_net = accelerator.unwrap_model(model, keep_torch_compile=False)
-    ema = (AveragedModel(plain_net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    ema = (AveragedModel(plain_net, multi_avg_fn=debiased_ema_update(cfg.ema_decay), use_buffers=True)
            if cfg.ema else None)
     return Learner(report, model, plain_net, ema.module if ema is not None else plain_net, optimizer, schedule,
                    ema)

@@ -90,7 +90,8 @@ class TrainConfig:
     eval_only: str | None = _setting(None, "test a run folder, shipped result (results/NAME or NAME), "
                                            ".safetensors file or checkpoint, then exit")
     sync_bn: bool = _setting(False, "batch statistics over all processes (SyncBatchNorm)")
-    ema: bool = _setting(False, "keep an EMA of the weights; evaluate and export it")
+    ema: bool = _setting(False, "keep an EMA of the weights, over the steps it has seen (bias-corrected); evaluate "
+                                "and export it")
     ema_decay: float = _setting(0.999, "EMA decay per optimizer step")
     compile: bool = _setting(False, "torch.compile the net")
     channels_last: bool = _setting(True, "channels-last memory format for the net and its inputs (on this "

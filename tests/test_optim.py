@@ -1,10 +1,12 @@
-"""cifar.optim: weight-decay groups and optimizer construction."""
+"""cifar.optim: weight-decay groups, optimizer construction and the weight average of --ema."""
 
 import pytest
 import torch
 from torch import nn
 
-from cifar.optim import OPTIMIZERS, build_optimizer, fix_norm_scales, param_groups
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from cifar.optim import OPTIMIZERS, build_optimizer, debiased_ema_update, fix_norm_scales, param_groups
 from cifar.schedulers import build_schedule
 
 
@@ -115,3 +117,33 @@ def test_fixed_norm_scales_never_step_and_stay_in_the_state_dict():
     optimizer.step()
     assert torch.equal(model.bn.weight, torch.ones(4)) and "bn.weight" in model.state_dict()
     assert not torch.equal(model.bn.bias, torch.zeros(4))
+
+
+def test_the_ema_averages_only_the_steps_it_has_seen() -> None:
+    decay = 0.9
+    net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.BatchNorm1d(1))
+    ema = AveragedModel(net, multi_avg_fn=debiased_ema_update(decay), use_buffers=True)
+    torch_ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    steps = [3.0, -1.0, 2.0, 5.0]
+    for step, value in enumerate(steps, start=1):
+        with torch.no_grad():
+            net[0].weight.fill_(value)
+            net[1].num_batches_tracked.fill_(10 * step)
+        ema.update_parameters(net)
+        torch_ema.update_parameters(net)
+        ages = [decay ** (step - i) for i in range(1, step + 1)]
+        expected = sum(age * v for age, v in zip(ages, steps)) / sum(ages)
+        assert ema.module[0].weight.item() == pytest.approx(expected, rel=1e-6), step
+    # torch's keeps decay ** 3 of the first step's 3.0 and reads 2.79; the average of the steps seen is 2.38.
+    assert torch_ema.module[0].weight.item() == pytest.approx(decay ** 3 * 3.0 + sum(
+        (1 - decay) * decay ** (4 - i) * v for i, v in enumerate(steps[1:], start=2)))
+    assert ema.module[0].weight.item() != pytest.approx(torch_ema.module[0].weight.item(), abs=0.1)
+    # Integer buffers average too (truncated): the batch counter follows the recent steps.
+    assert 20 < ema.module[1].num_batches_tracked.item() <= 40
+    assert int(ema.n_averaged) == len(steps)
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, -0.5, 1.5])
+def test_the_ema_decay_must_lie_strictly_between_0_and_1(decay: float) -> None:
+    with pytest.raises(ValueError, match=f"decay must be in \\(0, 1\\); got {decay}"):
+        debiased_ema_update(decay)
