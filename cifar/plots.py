@@ -82,9 +82,7 @@ def plot_runs(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> Pa
 def _distinct_colours(count: int) -> list[str]:
     """One colour per run: the default cycle's ten, or tab20's twenty where a search compares more (the cycle
     would repeat a colour, and two runs would read as one). More than twenty repeat."""
-    palette = ([f"tab:{name}" for name in ("blue", "orange", "green", "red", "purple", "brown", "pink", "gray",
-                                            "olive", "cyan")] if count <= 10 else
-               [to_hex(rgb) for rgb in matplotlib.colormaps["tab20"].colors])
+    palette = [to_hex(rgb) for rgb in matplotlib.colormaps["tab10" if count <= 10 else "tab20"].colors]
     return [palette[index % len(palette)] for index in range(count)]
 
 
