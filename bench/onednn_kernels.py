@@ -3,6 +3,7 @@ bf16 autocast side by side in one process.
 
     OMP_NUM_THREADS=1 python bench/onednn_kernels.py                                  # this CPU's own level
     ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 OMP_NUM_THREADS=1 python bench/onednn_kernels.py   # an AVX512-BF16 CPU's
+    OMP_NUM_THREADS=1 python bench/onednn_kernels.py --net c4next_inverted --reps 2         # another net
 
 Three precisions of the same step (the net's forward under autocast as ``accelerator.prepare()`` wraps it, the
 loss in fp32, backward, SGD step; channels-last): ``fp32``; ``bf16`` as train.py trains it (depthwise convs in
@@ -14,6 +15,9 @@ data type and implementation, with its calls and milliseconds; the profiler's se
 fp32 linear layer is MKL's (``aten::addmm``), not oneDNN's.
 ``ONEDNN_MAX_CPU_ISA`` holds oneDNN to a lower instruction-set level than the CPU's: it shows which kernels such a
 CPU gets, not how fast they run there.
+``bf16 dw`` can crash where train.py cannot: torch 2.14.1's oneDNN segfaults in the bf16 backward of a 7×7
+depthwise conv at dilation 3 over 32×32 maps with fewer than 8 channels (``c4next_tiny``'s split mixer; fp32,
+which train.py runs depthwise convs in, passes). Give such a net's real size instead.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from torch import nn
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 from cifar.allocator import keep_freed_memory  # noqa: E402
 from cifar.hardware import library_isas  # noqa: E402
-from cifar.nets import build_net  # noqa: E402
+from cifar.nets import DEFAULT_NET, build_net, list_nets  # noqa: E402
 from cifar.optim import build_optimizer  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16", "bf16 dw")
@@ -95,9 +99,9 @@ def captured_stdout(work: Callable[[], None]) -> str:
         return sink.read()
 
 
-def training_step(precision: str, batch_size: int) -> Callable[[], None]:
+def training_step(net_name: str, precision: str, batch_size: int) -> Callable[[], None]:
     torch.manual_seed(0)
-    net = build_net("c4net_deep16").to(memory_format=torch.channels_last).train()
+    net = build_net(net_name).to(memory_format=torch.channels_last).train()
     if precision == "bf16 dw":  # oneDNN's own bf16 depthwise kernels: the fp32 rule of cifar.nets.dilated off
         for module in net.modules():
             if isinstance(module, nn.Conv2d) and module.groups == module.in_channels > 1:
@@ -118,13 +122,15 @@ def training_step(precision: str, batch_size: int) -> Callable[[], None]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--net", default=DEFAULT_NET, choices=list_nets(), metavar="NET",
+                        help=f"the net whose training step is measured (default: {DEFAULT_NET})")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--reps", type=int, default=5, help="rounds of the precisions in turn")
     args = parser.parse_args()
     keep_freed_memory()
     print(f"oneDNN: {library_isas()[0]}; ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(unset)')}; "
-          f"{torch.get_num_threads()} thread(s); c4net_deep16, batch {args.batch_size}, channels-last")
-    steps = {precision: training_step(precision, args.batch_size) for precision in PRECISIONS}
+          f"{torch.get_num_threads()} thread(s); {args.net}, batch {args.batch_size}, channels-last")
+    steps = {precision: training_step(args.net, precision, args.batch_size) for precision in PRECISIONS}
     for step in steps.values():
         step()  # warm-up: oneDNN creates its primitives
     best: dict[str, float] = {}

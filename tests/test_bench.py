@@ -93,12 +93,13 @@ def test_the_dilated_conv_bench_runs_from_anywhere(tmp_path: Path) -> None:
 
 
 def test_the_onednn_kernel_report_runs_from_anywhere(tmp_path: Path) -> None:
-    """bench/onednn_kernels.py: every precision timed, and oneDNN's kernels listed by layer kind."""
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "onednn_kernels.py"), "--batch-size", "4",
-                           "--reps", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    """bench/onednn_kernels.py: every precision of the net asked for timed, oneDNN's kernels listed by layer kind."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "onednn_kernels.py"), "--net", "c4next_inverted",
+                           "--batch-size", "4", "--reps", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     assert all(word in done.stdout for word in ("fp32", "bf16", "bf16 dw", "depthwise", "pointwise")), done.stdout
+    assert "c4next_inverted, batch 4" in done.stdout.splitlines()[0]
 
 
 def test_the_net_speed_bench_times_each_net_against_the_first(tmp_path: Path) -> None:
