@@ -5,10 +5,11 @@ bf16 autocast side by side in one process.
     ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 OMP_NUM_THREADS=1 python bench/onednn_kernels.py   # an AVX512-BF16 CPU's
     OMP_NUM_THREADS=1 python bench/onednn_kernels.py --net c4next_inverted --reps 2         # another net
 
-Three precisions of the same step (the net's forward under autocast as ``accelerator.prepare()`` wraps it, the
-loss in fp32, backward, SGD step; channels-last): ``fp32``; ``bf16`` as train.py trains it (depthwise convs in
-fp32 under CPU autocast, ``cifar.nets.dilated.Conv2d``); ``bf16 dw`` with that rule off (every depthwise conv a
-plain ``nn.Conv2d``, so autocast runs it in bf16 on oneDNN's own kernels). Printed, each figure the minimum over
+Four precisions of the same step (the net's forward under autocast as ``accelerator.prepare()`` wraps it, the
+loss in fp32, backward, SGD step; channels-last): ``fp32``; ``bf16`` as train.py trains it (dilated and strided
+depthwise convs in fp32 under CPU autocast, ``cifar.nets.dilated.Conv2d``); ``bf16 dw32`` with every depthwise
+conv in fp32, the undilated stride-1 ones too; ``bf16 dw`` with the rule off (every depthwise conv a plain
+``nn.Conv2d``, so autocast runs it in bf16 on oneDNN's own kernels). Printed, each figure the minimum over
 ``--reps`` rounds that run the precisions in turn (the machine may be shared; the minimum is the least disturbed):
 milliseconds per step; per precision, each oneDNN primitive of a step (``ONEDNN_VERBOSE``) by layer kind, pass,
 data type and implementation, with its calls and milliseconds; the profiler's self CPU time per ATen op. The
@@ -17,7 +18,7 @@ fp32 linear layer is MKL's (``aten::addmm``), not oneDNN's.
 CPU gets, not how fast they run there.
 ``bf16 dw`` can crash where train.py cannot: torch 2.14.1's oneDNN segfaults in the bf16 backward of a 7×7
 depthwise conv at dilation 3 over 32×32 maps with fewer than 8 channels (``c4next_tiny``'s split mixer; fp32,
-which train.py runs depthwise convs in, passes). Give such a net's real size instead.
+which train.py runs dilated depthwise convs in, passes). Give such a net's real size instead.
 """
 
 from __future__ import annotations
@@ -41,10 +42,10 @@ from torch import nn
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 from cifar.allocator import keep_freed_memory  # noqa: E402
 from cifar.hardware import library_isas  # noqa: E402
-from cifar.nets import DEFAULT_NET, build_net, list_nets  # noqa: E402
+from cifar.nets import DEFAULT_NET, build_net, dilated, list_nets  # noqa: E402
 from cifar.optim import build_optimizer  # noqa: E402
 
-PRECISIONS = ("fp32", "bf16", "bf16 dw")
+PRECISIONS = ("fp32", "bf16", "bf16 dw32", "bf16 dw")
 PASSES = {"forward_training": "fwd", "forward_inference": "fwd", "backward_data": "bwd-data",
           "backward_weights": "bwd-weights", "backward": "bwd"}
 # "g96mb128_ic96oc96_ih16oh16kh3sh1dh1ph2_..." : groups (absent for an ungrouped conv), channels, kernel, dilation
@@ -99,13 +100,22 @@ def captured_stdout(work: Callable[[], None]) -> str:
         return sink.read()
 
 
+class EveryDepthwiseFloat32(dilated.Conv2d):
+    """The alternative to train.py's rule: under CPU autocast every depthwise conv in float32."""
+
+    def float32_under_cpu_autocast(self) -> bool:
+        return self.groups == self.in_channels > 1
+
+
 def training_step(net_name: str, precision: str, batch_size: int) -> Callable[[], None]:
     torch.manual_seed(0)
     net = build_net(net_name).to(memory_format=torch.channels_last).train()
-    if precision == "bf16 dw":  # oneDNN's own bf16 depthwise kernels: the fp32 rule of cifar.nets.dilated off
-        for module in net.modules():
-            if isinstance(module, nn.Conv2d) and module.groups == module.in_channels > 1:
+    for module in net.modules():
+        if isinstance(module, dilated.Conv2d) and module.groups == module.in_channels > 1:
+            if precision == "bf16 dw":  # oneDNN's own bf16 depthwise kernels: the fp32 rule of cifar.nets.dilated off
                 module.__class__ = nn.Conv2d
+            elif precision == "bf16 dw32":
+                module.__class__ = EveryDepthwiseFloat32
     optimizer = build_optimizer(net, "sgd", lr=0.01, weight_decay=5e-4, momentum=0.9, nesterov=True)
     inputs = torch.randn(batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (batch_size,))
@@ -150,10 +160,8 @@ def main() -> int:
             for event in profile.key_averages():
                 ops[event.key][precision] = min(event.self_cpu_time_total / 1e3,
                                                 ops[event.key].get(precision, float("inf")))
-    print("ms per step: " + ", ".join(f"{p} {ms:.0f} ({args.batch_size / ms * 1e3:.0f} img/s)"
-                                      for p, ms in best.items())
-          + f"; bf16 / fp32 speed {best['fp32'] / best['bf16']:.2f}x, "
-          f"bf16 dw / fp32 {best['fp32'] / best['bf16 dw']:.2f}x")
+    print("ms per step (speed against fp32): " + ", ".join(
+        f"{p} {ms:.0f} ({args.batch_size / ms * 1e3:.0f} img/s, {best['fp32'] / ms:.2f}x)" for p, ms in best.items()))
     for precision in PRECISIONS:
         print(f"\n{precision}: oneDNN primitives of one step (verbose timing)")
         print(f"  {'layer kind':<22} {'pass':<11} {'dtype':<5} {'implementation':<52} {'calls':>5} {'ms':>7}")

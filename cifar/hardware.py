@@ -75,8 +75,8 @@ def cpu_bf16_path(flags: Collection[str]) -> str | None:
       level on the Xeon the same kernels ran 0.84x its fp32 ones: how bf16 dot products compare with fp32 FMAs
       differs between the two designs, so only the Zen 4's own figure decides.)
     - None otherwise (AVX2, AVX-512 without bf16): no bf16 arithmetic in hardware, bf16 would be emulated.
-    On both paths the depthwise convs stay fp32 (``cifar.nets.dilated.Conv2d``): their bf16 kernels are oneDNN's
-    generic ones for a dilated or strided depthwise backward at either level (docs/speed.md).
+    On both paths the dilated and strided depthwise convs stay fp32 (``cifar.nets.dilated.Conv2d``): their bf16
+    backward kernels are oneDNN's generic ones at either level (docs/speed.md).
     """
     if "amx_tile" in flags:
         return "AMX"

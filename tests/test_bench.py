@@ -98,7 +98,7 @@ def test_the_onednn_kernel_report_runs_from_anywhere(tmp_path: Path) -> None:
                            "--batch-size", "4", "--reps", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
-    assert all(word in done.stdout for word in ("fp32", "bf16", "bf16 dw", "depthwise", "pointwise")), done.stdout
+    assert all(word in done.stdout for word in ("fp32", "bf16", "bf16 dw32", "bf16 dw", "depthwise", "pointwise")), done.stdout
     assert "c4next_inverted, batch 4" in done.stdout.splitlines()[0]
 
 

@@ -322,7 +322,8 @@ def test_under_autocast_a_dense_conv_keeps_the_native_bf16_conv(avx2_cpu: None) 
     ({"padding": 2, "dilation": 2}, GRAD_FN[TAPS]),           # C3/C4's dilated depthwise convs
     ({"stride": 2, "padding": 1}, "ConvolutionBackward0"),      # an undilated strided transition
 ])
-def test_under_autocast_a_depthwise_conv_computes_in_float32(avx2_cpu: None, kwargs: dict, grad_fn: str) -> None:
+def test_under_autocast_a_dilated_or_strided_depthwise_conv_computes_in_float32(avx2_cpu: None, kwargs: dict,
+                                                                                grad_fn: str) -> None:
     """Exactly what it computes without autocast on the same values: bf16 in, float32 out, gradients alike."""
     torch.manual_seed(0)
     conv = dilated.Conv2d(4, 4, 3, groups=4, **kwargs)
@@ -339,6 +340,19 @@ def test_under_autocast_a_depthwise_conv_computes_in_float32(avx2_cpu: None, kwa
     reference.backward(grad_out)
     assert torch.equal(out, reference) and torch.equal(autocast_grads[1], conv.weight.grad)
     assert autocast_grads[0].dtype == torch.bfloat16 and torch.equal(autocast_grads[0], x_float.grad.bfloat16())
+
+
+def test_under_autocast_an_undilated_stride_1_depthwise_conv_stays_bf16(avx2_cpu: None) -> None:
+    """oneDNN's own bf16 depthwise kernel, as autocast runs an ``nn.Conv2d``: bf16 out, the native backward."""
+    conv = dilated.Conv2d(4, 4, 3, padding=1, groups=4)
+    x = torch.randn(2, 4, 8, 8).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x)
+        expected = nn.Conv2d.forward(conv, x)
+    assert out.dtype == torch.bfloat16 and out.grad_fn.name() == "ConvolutionBackward0"
+    assert torch.equal(out, expected)
+    out.float().sum().backward()
+    assert conv.weight.grad is not None and x.grad is not None
 
 
 @pytest.mark.parametrize("capability, groups, stride, expected", [

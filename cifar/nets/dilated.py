@@ -361,16 +361,23 @@ class Conv2d(nn.Conv2d):
 
     It has the parameters, state-dict keys and forward output of an ``nn.Conv2d`` built with the same
     arguments, and its name, so that a net prints and analyses as before; where the rule does not apply
-    (CUDA, no dilation, no gradient, other strides) it is an ``nn.Conv2d``. Under CPU autocast a depthwise conv,
-    dilated or not, computes in float32 and returns float32 (c4net's step alone, batch 512, 2 threads, AVX-512
-    with AMX, one run each of a prototype of this rule: 407 img/s with oneDNN's bf16 depthwise kernels, 777 img/s
-    with float32 ones, 543 img/s all float32).
+    (CUDA, no dilation, no gradient, other strides) it is an ``nn.Conv2d``. Under CPU autocast a dilated or
+    strided depthwise conv computes in float32 and returns float32 (:meth:`float32_under_cpu_autocast`).
     """
 
+    def float32_under_cpu_autocast(self) -> bool:
+        """Whether this conv computes in float32 under CPU autocast: a depthwise conv that is dilated or strided.
+
+        oneDNN's bf16 backward of those falls to generic kernels (``jit_bf16``, im2col + gemm,
+        ``brgconv_strided``), many times slower than its float32 ones and the taps; few FLOPs, they run in float32
+        on the paths above. An undilated stride-1 depthwise conv stays in bf16 on oneDNN's depthwise kernels
+        (``brdgmm_dw``, ``jit_dw``), which saves the casts around it: training steps alone, bf16, batch 128, 1
+        thread, against every depthwise conv in float32, docs/speed.md.
+        """
+        return self.groups == self.in_channels > 1 and (self.dilation != (1, 1) or self.stride != (1, 1))
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if self.groups == self.in_channels > 1 and input.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # oneDNN's bf16 depthwise kernels are slow where its dense ones use AMX, dilated ones most (im2col + gemm
-            # for their backward): a depthwise conv, few FLOPs, runs in float32 instead, on the paths above.
+        if input.device.type == "cpu" and torch.is_autocast_enabled("cpu") and self.float32_under_cpu_autocast():
             with torch.autocast("cpu", enabled=False):
                 return self._float32_forward(input.float())
         return self._float32_forward(input)
