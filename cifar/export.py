@@ -14,7 +14,9 @@ Mean, std and class names come from the weights' metadata (train.py records them
 dataset the net was trained on.
 
 The graph comes from ``torch.onnx.export``'s torch.export-based exporter (``dynamo=True``; the TorchScript one
-is deprecated), with the net in eval mode: BatchNorm is folded into the convolutions and dropout is gone.
+is deprecated), with the net in eval mode: dropout is gone and a BatchNorm that follows a convolution is folded
+into it (one after a concatenation or a residual sum, as in ``c4next`` nets, stays an inference-mode
+BatchNormalization).
 """
 
 from __future__ import annotations
