@@ -95,10 +95,11 @@ def test_the_dilated_conv_bench_runs_from_anywhere(tmp_path: Path) -> None:
 def test_the_onednn_kernel_report_runs_from_anywhere(tmp_path: Path) -> None:
     """bench/onednn_kernels.py: every precision of the net asked for timed, oneDNN's kernels listed by layer kind."""
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "onednn_kernels.py"), "--net", "c4next_inverted",
-                           "--batch-size", "4", "--reps", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                           "--batch-size", "4", "--reps", "1"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
-    assert all(word in done.stdout for word in ("fp32", "bf16", "bf16 dw32", "bf16 dw", "depthwise", "pointwise")), done.stdout
+    words = ("fp32", "bf16", "bf16 dw32", "bf16 dw", "depthwise", "pointwise")
+    assert all(word in done.stdout for word in words), done.stdout
     assert "c4next_inverted, batch 4" in done.stdout.splitlines()[0]
 
 
