@@ -130,8 +130,10 @@ def hardware_spans(history: Sequence[Mapping[str, Any]]) -> str:
 # avx512_core_bf16 and (this project's Xeon) avx10_1_512_amx, and MKL (torch's BLAS: the classifier's matrix products) picks its code
 # path by vendor as well as by instruction set. Measured on a Xeon with AMX, replaying the last epoch of
 # results/c4net_deep16-35ep-seed0: oneDNN held to the Zen 4's level changed no bit (its fp32 kernels are
-# avx512_core on both), MKL held to AVX2 changed every float tensor. MKL's path on AMD CPUs cannot be chosen on
-# an Intel one, so the CPU (vendor and model, which also stand for the cache sizes that steer oneDNN's blocking)
+# avx512_core on both), MKL held to AVX2 changed every float tensor. On an AMD CPU MKL runs one path whatever
+# MKL_ENABLE_INSTRUCTIONS says (a Zen 4's product of a 512x1000 and a 1000x10 matrix: the same bits held to SSE4_2,
+# AVX2 or AVX512 as not) and its log names it "Intel(R) Architecture processors". That path cannot be chosen on
+# an Intel CPU, so the CPU (vendor and model, which also stand for the cache sizes that steer oneDNN's blocking)
 # is part of the fingerprint too; processes x threads split the sums.
 FINGERPRINT_FIELDS: dict[str, str] = {
     "onednn_isa": "oneDNN's instruction set", "mkl_isa": "MKL's instruction set",
