@@ -69,11 +69,11 @@ def cpu_bf16_path(flags: Collection[str]) -> str | None:
       bf16 against 617 in fp32; c4net_deep16's step alone, batch 128, channels-last, 1 thread: 1.49x fp32.
     - "AVX512-BF16" (``avx512_bf16`` without AMX: AMD Zen 4): oneDNN runs the same layers on its
       ``avx512_core_bf16`` kernels (``brg_conv_fwd``, ``brg_conv_bwd``, ``brgconv_1x1``, ``jit_bf16``,
-      ``jit_bf16_1x1``, ``brg_matmul``; ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 ONEDNN_VERBOSE=1`` on a Xeon,
-      ``bench/onednn_kernels.py``). Measured on an AMD EPYC Zen 4 (c4net_deep16's step alone, batch 128,
-      channels-last, 1 thread): bf16 autocast 356 and 338 img/s against fp32 272 and 247, 1.35x. (Held to that
-      level on the Xeon the same kernels ran 0.84x its fp32 ones: how bf16 dot products compare with fp32 FMAs
-      differs between the two designs, so only the Zen 4's own figure decides.)
+      ``jit_bf16_1x1``, ``brg_matmul``), the dense and pointwise convs 1.8x and 2.1x as fast as in fp32 on an AMD
+      EPYC Zen 4 (``bench/onednn_kernels.py``): c4net, batch 512, 2 processes on its 2 cores, 1,014 img/s in bf16
+      against 646 in fp32; c4net_deep16's step alone, batch 128, channels-last, 1 thread: 1.55x fp32. (Held to
+      that level on the Xeon the same kernels ran 0.84x its fp32 ones: how bf16 dot products compare with fp32
+      FMAs differs between the two designs, so only the Zen 4's own figure decides.)
     - None otherwise (AVX2, AVX-512 without bf16): no bf16 arithmetic in hardware, bf16 would be emulated.
     On both paths the dilated and strided depthwise convs stay fp32 (``cifar.nets.dilated.Conv2d``): their bf16
     backward kernels are oneDNN's generic ones at either level (docs/speed.md).
