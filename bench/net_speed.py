@@ -5,10 +5,12 @@ a shared machine slows them alike.
     python bench/net_speed.py                                        # the c4net and c4next nets, 1 thread
     python bench/net_speed.py --nets c4net_deep16 c4net_w64 --mixed-precision no --rounds 5
     OMP_NUM_THREADS=2 python bench/net_speed.py --threads 2
+    python bench/net_speed.py --nets c4next_inverted --compile       # eager against torch.compile, side by side
 
 One row per net: parameters, MMACs, the median and best images/s over the rounds, and the median as a ratio to
 the first net's (the default net unless --nets says otherwise). Each round times ``--steps`` steps after
-``--warmup`` untimed ones, as ``bench.py``'s model measurement does.
+``--warmup`` untimed ones, as ``bench.py``'s model measurement does. ``--compile`` adds a row per net under
+``torch.compile`` (inductor), taking its turn beside the eager one; its compilation falls in the warm-up.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per net and round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
+    parser.add_argument("--compile", action="store_true", help="also time each net under torch.compile")
     args = parser.parse_args(argv)
     for name in ("batch_size", "threads", "rounds", "steps"):
         if getattr(args, name) < 1:
@@ -72,20 +75,22 @@ def main(argv: list[str]) -> int:
     print(f"CPU, {args.threads} torch thread(s), batch {args.batch_size}, {precision}, "
           f"{'channels-last' if args.channels_last else 'NCHW'}, {args.rounds} round(s) of {args.steps} steps",
           flush=True)
-    speeds: dict[str, list[float]] = {name: [] for name in args.nets}
+    variants = [(name, compiled) for name in args.nets for compiled in ((False, True) if args.compile else (False,))]
+    speeds: dict[tuple[str, bool], list[float]] = {variant: [] for variant in variants}
     for _ in range(args.rounds):
-        for name in args.nets:
-            settings = SimpleNamespace(model=name, channels_last=args.channels_last, compile=False,
+        for name, compiled in variants:
+            settings = SimpleNamespace(model=name, channels_last=args.channels_last, compile=compiled,
                                        batch_size=args.batch_size, mixed_precision=precision,
                                        warmup=args.warmup, steps=args.steps)
-            speeds[name].append(model_speed(settings, device).images_per_second)
-    reference = statistics.median(speeds[args.nets[0]])
-    print(f"{'net':<18} {'params':>9} {'MMACs':>7} {'img/s median':>13} {'best':>7} {'ratio':>6}")
-    for name in args.nets:
+            speeds[name, compiled].append(model_speed(settings, device).images_per_second)
+    reference = statistics.median(speeds[variants[0]])
+    print(f"{'net':<27} {'params':>9} {'MMACs':>7} {'img/s median':>13} {'best':>7} {'ratio':>6}")
+    for name, compiled in variants:
         report = analyze_net(build_net(name), name=name)
-        median = statistics.median(speeds[name])
-        print(f"{name:<18} {report.params:>9,} {report.macs / 1e6:>7.1f} {median:>13,.0f} {max(speeds[name]):>7,.0f} "
-              f"{median / reference:>5.2f}×", flush=True)
+        median = statistics.median(speeds[name, compiled])
+        label = f"{name} compiled" if compiled else name
+        print(f"{label:<27} {report.params:>9,} {report.macs / 1e6:>7.1f} {median:>13,.0f} "
+              f"{max(speeds[name, compiled]):>7,.0f} {median / reference:>5.2f}×", flush=True)
     return 0
 
 

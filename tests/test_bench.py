@@ -118,6 +118,17 @@ def test_the_net_speed_bench_times_each_net_against_the_first(tmp_path: Path) ->
     assert refused.returncode == 2 and "--rounds 0" in refused.stderr
 
 
+@pytest.mark.slow
+def test_the_net_speed_bench_times_a_compiled_row_beside_each_eager_one(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "net_speed.py"), "--nets", "c4net_tiny", "--compile",
+                           "--batch-size", "4", "--rounds", "1", "--steps", "1", "--warmup", "1",
+                           "--mixed-precision", "no"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("c4net_tiny")]
+    assert [row[:2] for row in rows] == [["c4net_tiny", "3,858"], ["c4net_tiny", "compiled"]], done.stdout
+    assert rows[0][-1] == "1.00×" and float(rows[1][-1][:-1]) > 0
+
+
 RECIPE = ROOT / "recipes" / "seed002_as_run.yaml"
 
 
