@@ -33,10 +33,17 @@ def missing() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: each socket stays bound until all are, or the OS may hand one port out twice
+    (slurmctld then refuses to start: "SlurmctldPort == SlurmdPort")."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _daemon(name: str) -> str:
@@ -98,12 +105,14 @@ class SlurmCluster:
 
     def _config(self) -> str:
         root = self.root
-        nodes = "\n".join(f"NodeName={node} NodeHostname=localhost NodeAddr=127.0.0.1 Port={_free_port()} "
-                          f"CPUs={CPUS_PER_NODE} RealMemory=4000 State=UNKNOWN" for node in NODES)
+        controller_port, *node_ports = _free_ports(1 + len(NODES))
+        nodes = "\n".join(f"NodeName={node} NodeHostname=localhost NodeAddr=127.0.0.1 Port={port} "
+                          f"CPUs={CPUS_PER_NODE} RealMemory=4000 State=UNKNOWN"
+                          for node, port in zip(NODES, node_ports))
         return f"""\
 ClusterName=cifartest
 SlurmctldHost=localhost
-SlurmctldPort={_free_port()}
+SlurmctldPort={controller_port}
 SlurmUser=root
 SlurmdUser=root
 # cred_expire also sets how long a requeued job waits before it may start again (120 s by default)
