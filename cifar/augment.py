@@ -165,6 +165,9 @@ AUGMENT_PRESETS: Mapping[str, AugmentSettings] = MappingProxyType(
         # The same transforms, weaker, the trainer's default: a net of this size underfits at 10-35 epochs
         # (recipe search, results/README.md).
         "light": AugmentSettings(shift=0.0625, scale=0.05, rotate=10.0, cutout_p=0.25),
+        # "light" with its translation moved to a reflect-pad-4 random crop (up to 4 whole pixels, no resampling)
+        # from the affine's 2-pixel shift: the translation ResNet recipes train with, as a generalisation lever.
+        "light_crop": AugmentSettings(pad=4, shift=0.0, scale=0.05, rotate=10.0, cutout_p=0.25),
         "none": AugmentSettings(hflip_p=0.0, affine_p=0.0, cutout_p=0.0),
         # Names the three transforms only: the library's defaults.
         "seed000": ALBUMENTATIONS_DEFAULTS,

@@ -58,7 +58,7 @@ def step_names(augment: str | AugmentSettings) -> list[str]:
 
 
 def test_presets_are_named_like_the_nets() -> None:
-    assert set(AUGMENT_PRESETS) == {"standard", "light", "none", *SEED_PRESETS, "seed002_as_run", "seed_16px"}
+    assert set(AUGMENT_PRESETS) == {"standard", "light", "light_crop", "none", *SEED_PRESETS, "seed002_as_run", "seed_16px"}
 
 
 def test_presets_build_the_seeds_pipelines_without_warnings() -> None:
@@ -71,6 +71,7 @@ def test_presets_build_the_seeds_pipelines_without_warnings() -> None:
     for name in ("standard", "seed000", "seed001", "seed002", "seed002_as_run", "seed004", "seed_16px"):
         assert step_names(name) == three, name
     assert step_names("none") == ["Normalize"]
+    assert step_names("light_crop") == ["PadIfNeeded", "RandomCrop", "HorizontalFlip", "Affine", "CoarseDropout", "Normalize"]
     assert step_names("seed003") == [
         "PadIfNeeded", "RandomCrop", "HorizontalFlip", "Affine",
         "RandomBrightnessContrast", "HueSaturationValue", "CoarseDropout", "Normalize",
@@ -84,7 +85,7 @@ def test_presets_build_the_seeds_pipelines_without_warnings() -> None:
 
 
 def test_unknown_preset_lists_the_choices() -> None:
-    with pytest.raises(ValueError, match="unknown augment preset 'seed009': choose one of standard, light, none, "
+    with pytest.raises(ValueError, match="unknown augment preset 'seed009': choose one of standard, light, light_crop, none, "
                                          "seed000"):
         augment_settings("seed009")
 
@@ -240,7 +241,7 @@ def test_train_batches_resume_at_a_step() -> None:
 # ---------------------------------------------------------------- what the steps do
 
 
-@pytest.mark.parametrize("preset", ["standard", "light", "seed001", "seed002", "seed003", "seed_16px"])
+@pytest.mark.parametrize("preset", ["standard", "light", "light_crop", "seed001", "seed002", "seed003", "seed_16px"])
 def test_cutout_is_one_16x16_hole_in_the_mean_colour(preset: str) -> None:
     constant = np.full((40, 32, 32, 3), (200, 30, 90), np.uint8)
     settings = dataclasses.replace(AUGMENT_PRESETS[preset], pad=0, hflip_p=0.0, affine_p=0.0, color_p=0.0, cutout_p=1.0)

@@ -113,7 +113,7 @@ def assert_rate(hits: np.ndarray, p: float, what: str) -> None:
 
 
 def test_unknown_preset_lists_the_choices() -> None:
-    choices = ("choose one of standard, light, none, seed000, seed001, seed002, seed002_as_run, seed003, seed004, "
+    choices = ("choose one of standard, light, light_crop, none, seed000, seed001, seed002, seed002_as_run, seed003, seed004, "
                "seed_16px")
     with pytest.raises(ValueError, match=f"unknown augment preset 'seed009': {choices}"):
         BatchAugment("seed009", MEAN, STD, seed=0, n=10)
