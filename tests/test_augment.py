@@ -58,7 +58,8 @@ def step_names(augment: str | AugmentSettings) -> list[str]:
 
 
 def test_presets_are_named_like_the_nets() -> None:
-    assert set(AUGMENT_PRESETS) == {"standard", "light", "light_crop", "none", *SEED_PRESETS, "seed002_as_run", "seed_16px"}
+    assert set(AUGMENT_PRESETS) == {"standard", "light", "light_crop", "none", *SEED_PRESETS, "seed002_as_run",
+                                    "seed_16px"}
 
 
 def test_presets_build_the_seeds_pipelines_without_warnings() -> None:
@@ -71,7 +72,9 @@ def test_presets_build_the_seeds_pipelines_without_warnings() -> None:
     for name in ("standard", "seed000", "seed001", "seed002", "seed002_as_run", "seed004", "seed_16px"):
         assert step_names(name) == three, name
     assert step_names("none") == ["Normalize"]
-    assert step_names("light_crop") == ["PadIfNeeded", "RandomCrop", "HorizontalFlip", "Affine", "CoarseDropout", "Normalize"]
+    assert step_names("light_crop") == [
+        "PadIfNeeded", "RandomCrop", "HorizontalFlip", "Affine", "CoarseDropout", "Normalize",
+    ]  # fmt: skip
     assert step_names("seed003") == [
         "PadIfNeeded", "RandomCrop", "HorizontalFlip", "Affine",
         "RandomBrightnessContrast", "HueSaturationValue", "CoarseDropout", "Normalize",
@@ -85,8 +88,8 @@ def test_presets_build_the_seeds_pipelines_without_warnings() -> None:
 
 
 def test_unknown_preset_lists_the_choices() -> None:
-    with pytest.raises(ValueError, match="unknown augment preset 'seed009': choose one of standard, light, light_crop, none, "
-                                         "seed000"):
+    with pytest.raises(ValueError, match="unknown augment preset 'seed009': choose one of standard, light, "
+                                         "light_crop, none, seed000"):
         augment_settings("seed009")
 
 

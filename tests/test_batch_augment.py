@@ -113,8 +113,8 @@ def assert_rate(hits: np.ndarray, p: float, what: str) -> None:
 
 
 def test_unknown_preset_lists_the_choices() -> None:
-    choices = ("choose one of standard, light, light_crop, none, seed000, seed001, seed002, seed002_as_run, seed003, seed004, "
-               "seed_16px")
+    choices = ("choose one of standard, light, light_crop, none, seed000, seed001, seed002, seed002_as_run, seed003, "
+               "seed004, seed_16px")
     with pytest.raises(ValueError, match=f"unknown augment preset 'seed009': {choices}"):
         BatchAugment("seed009", MEAN, STD, seed=0, n=10)
     with pytest.raises(ValueError, match=r"mean and std must be 3 per-channel values in \[0, 1\] units"):
